@@ -1,0 +1,1 @@
+"""Data: readers, preprocessing, the synthetic cohort, datasets and pipelines."""

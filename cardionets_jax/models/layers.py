@@ -1,0 +1,124 @@
+"""Transformer building blocks shared by every model.
+
+Each parameter carries logical axis names (`nn.with_logical_partitioning`);
+activations are constrained by logical names too. The mesh is never known
+here: the rules in the config map names to mesh axes.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+dense_init = nn.initializers.xavier_uniform()
+
+
+def logical_dense(features, axes, *, dtype, name=None, use_bias=True, kernel_init=dense_init):
+  """A Dense whose kernel and bias carry logical axis names (in, out)."""
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=jnp.float32, use_bias=use_bias, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+
+
+def layer_norm(dtype, name=None):
+  return nn.LayerNorm(
+      epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def constrain(x, *axes):
+  return nn.with_logical_constraint(x, axes)
+
+
+class Attention(nn.Module):
+  """Bidirectional multi-head self-attention.
+
+  Projections are explicit (embed, heads, kv) kernels rather than DenseGeneral,
+  whose flattened init cannot carry 3-D logical axis names.
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  def _kernel(self, name, shape, axes):
+    return self.param(name, nn.with_logical_partitioning(dense_init, axes), shape, jnp.float32)
+
+  def _bias(self, name, shape, axes):
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
+                      jnp.float32)
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    x = x.astype(self.dtype)
+    qkv = []
+    for n in ("query", "key", "value"):
+      kernel = self._kernel(f"{n}_kernel", (width, self.num_heads, head_dim), ("embed", "heads", "kv"))
+      bias = self._bias(f"{n}_bias", (self.num_heads, head_dim), ("heads", "kv"))
+      y = jnp.einsum("bsd,dhk->bshk", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+      qkv.append(constrain(y, "batch", "seq", "heads", "kv"))
+    y = jax.nn.dot_product_attention(*qkv)
+    y = constrain(y, "batch", "seq", "heads", "kv")
+    kernel = self._kernel("out_kernel", (self.num_heads, head_dim, width), ("heads", "kv", "embed"))
+    bias = self._bias("out_bias", (width,), ("embed",))
+    out = jnp.einsum("bshk,hkd->bsd", y, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    return constrain(out, "batch", "seq", "embed")
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    h = logical_dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    h = constrain(nn.gelu(h), "batch", "seq", "mlp")
+    return logical_dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-norm transformer block."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    drop = nn.Dropout(self.dropout, deterministic=not train)
+    x = x + drop(Attention(self.num_heads, self.dtype, name="attn")(layer_norm(self.dtype, "ln1")(x)))
+    x = x + drop(MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "ln2")(x)))
+    return constrain(x, "batch", "seq", "embed")
+
+
+class Transformer(nn.Module):
+  """A stack of encoder blocks and a final norm."""
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    for i in range(self.depth):
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype, name=f"block{i}")(x, train)
+    return layer_norm(self.dtype, "ln_final")(x)
+
+
+def learned_embedding(module, name, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(nn.initializers.normal(0.02), axes), shape,
+                      jnp.float32)
+
+
+def transformer_flops(tokens, width, depth, mlp_dim):
+  """Forward matmul FLOPs of `Transformer` for one sequence of `tokens`."""
+  dense = 2 * tokens * (4 * width * width + 2 * width * mlp_dim)
+  attention = 2 * 2 * tokens * tokens * width
+  return depth * (dense + attention)

@@ -1,0 +1,219 @@
+"""Stage 1: masked-autoencoder pre-training of the CMR encoder.
+
+Hands on `params/encoder` (a `CmrEncoder`) through its Orbax checkpoint.
+"""
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cardionets_jax import evaluate
+from cardionets_jax import losses
+from cardionets_jax.data import datasets
+from cardionets_jax.data import pipeline
+from cardionets_jax.models import layers
+from cardionets_jax.models import vit
+from cardionets_jax.train import loop
+from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import metrics as metrics_lib
+
+EVAL_BATCH = 64
+PROBE_TRAIN_LIMIT = 4096
+
+
+def compute_dtype(config):
+  return jnp.dtype(config.train.compute_dtype)
+
+
+def build_encoder(config, dtype=jnp.float32):
+  m = config.model
+  return vit.CmrEncoder(
+      num_frames=config.data.cmr_frames, image_size=config.data.cmr_size, patch_size=m.patch_size,
+      width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+      patch_frames=m.patch_frames, pool=m.pool, dtype=dtype)
+
+
+def build_model(config):
+  m, dtype = config.model, compute_dtype(config)
+  return vit.MaskedAutoencoder(
+      encoder=build_encoder(config, dtype), decoder_width=m.decoder_width,
+      decoder_depth=m.decoder_depth, decoder_heads=m.decoder_heads,
+      decoder_mlp_dim=m.decoder_mlp_dim, mask_ratio=config.mae.mask_ratio, dtype=dtype)
+
+
+def cmr_shape(config):
+  return (config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
+
+
+def init_params(model, config, rng):
+  video = jnp.zeros((1,) + cmr_shape(config), jnp.uint8)
+  return model.init({"params": rng, "mask": rng}, video)["params"]
+
+
+def per_example_loss(model, config, params, video, rng):
+  pred, mask = model.apply({"params": params}, video, rngs={"mask": rng})
+  target = vit.patchify(vit.cmr_to_float(video), model.encoder.patch)
+  return jax.vmap(lambda p, t, m: losses.mae_loss(p[None], t[None], m[None], config.mae.norm_pix_loss))(
+      pred, target, mask)
+
+
+def make_task(config):
+  model = build_model(config)
+
+  def loss_fn(params, frozen, batch, rng):
+    del frozen
+    pred, mask = model.apply({"params": params}, batch["cmr"], train=True, rngs={"mask": rng})
+    target = vit.patchify(vit.cmr_to_float(batch["cmr"]), model.encoder.patch)
+    return losses.mae_loss(pred, target, mask, config.mae.norm_pix_loss), {}
+
+  return model, loop.Task(init_params=lambda rng: init_params(model, config, rng),
+                          loss_fn=loss_fn, fields=("cmr",))
+
+
+def train_flops_per_example(config):
+  """Analytic FLOPs of one training example (forward + backward = 3x forward)."""
+  m = config.model
+  shape = cmr_shape(config)
+  patch = vit.patch_shape(shape[0], m.patch_size, m.patch_frames)
+  n = vit.num_tokens(shape, patch)
+  patch_dim = int(np.prod(patch))
+  n_keep = max(1, int(round(n * (1.0 - config.mae.mask_ratio))))
+  forward = (2 * n * patch_dim * m.width
+             + layers.transformer_flops(n_keep + 1, m.width, m.depth, m.mlp_dim)
+             + 2 * (n_keep + 1) * m.width * m.decoder_width
+             + layers.transformer_flops(n + 1, m.decoder_width, m.decoder_depth, m.decoder_mlp_dim)
+             + 2 * n * m.decoder_width * patch_dim)
+  return 3 * forward
+
+
+class Evaluator:
+  """Held-out masked reconstruction loss and a ridge probe of the encoder."""
+
+  def __init__(self, config, model, trainer, data_dir, meta):
+    self.config, self.model, self.trainer = config, model, trainer
+    self.data_dir, self.meta = data_dir, meta
+    param_shardings = trainer.shardings.params
+    out = mesh_lib.replicated(trainer.mesh)
+    self._loss = jax.jit(lambda p, v, r: per_example_loss(model, config, p, v, r),
+                         in_shardings=(param_shardings, None, None), out_shardings=out)
+    self._features = jax.jit(lambda p, v: model.apply({"params": p}, v, method=model.features),
+                             in_shardings=(param_shardings, None), out_shardings=out)
+    self._recon = jax.jit(lambda p, v, r: model.apply({"params": p}, v, rngs={"mask": r}),
+                          in_shardings=(param_shardings, None, None), out_shardings=out)
+
+  def _batches(self, split, fields, limit=None):
+    for batch, valid in pipeline.eval_batches(self.data_dir, split, fields, EVAL_BATCH, limit):
+      yield batch, mesh_lib.replicated_batch({"cmr": batch["cmr"]}, self.trainer.mesh,
+                                             self.trainer.rules), valid
+
+  def reconstruction_loss(self, params, split="val"):
+    """Mean per-example masked loss with a fixed mask per example."""
+    rng = jax.random.PRNGKey(self.config.seed + 1)
+    total, count = 0.0, 0
+    with mesh_lib.active(self.trainer.mesh, self.trainer.rules):
+      for i, (_, dev, valid) in enumerate(self._batches(split, ("cmr",))):
+        losses_ = np.asarray(self._loss(params, dev["cmr"], jax.random.fold_in(rng, i)))
+        total += float(losses_[:valid].sum())
+        count += valid
+    return total / count
+
+  def features(self, params, split, limit=None):
+    feats, phen = [], []
+    with mesh_lib.active(self.trainer.mesh, self.trainer.rules):
+      for batch, dev, valid in self._batches(split, ("cmr", "phenotypes"), limit):
+        feats.append(np.asarray(self._features(params, dev["cmr"]))[:valid])
+        phen.append(batch["phenotypes"][:valid])
+    return np.concatenate(feats), np.concatenate(phen)
+
+  def probe(self, params):
+    data = [self.features(params, "train", PROBE_TRAIN_LIMIT), self.features(params, "val"),
+            self.features(params, "test")]
+    return evaluate.ridge_probe(*data, alphas=tuple(self.config.probe.alphas),
+                                names=self.meta.phenotype_names)
+
+  def reconstruction_figure(self, params, path, num_subjects=3, num_frames=4):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    batch, dev, _ = next(self._batches("test", ("cmr",)))
+    with mesh_lib.active(self.trainer.mesh, self.trainer.rules):
+      pred, mask = self._recon(params, dev["cmr"], jax.random.PRNGKey(0))
+    patch = self.model.encoder.patch
+    shape = cmr_shape(self.config)
+    video = vit.cmr_to_float(jnp.asarray(batch["cmr"]))
+    target = vit.patchify(video, patch)
+    pred = np.asarray(pred)
+    if self.config.mae.norm_pix_loss:  # back to pixels with each patch's own statistics
+      mean, std = target.mean(-1, keepdims=True), jnp.sqrt(target.var(-1, keepdims=True) + 1e-6)
+      pred = pred * std + mean
+    mask = np.asarray(mask)[..., None]
+    masked = np.asarray(vit.unpatchify(target * (1 - mask) - mask, patch, shape))
+    recon = np.asarray(vit.unpatchify(target * (1 - mask) + pred * mask, patch, shape))
+    video = np.asarray(video)
+    frames = np.linspace(0, shape[0] - 1, num_frames).astype(int)
+    fig, axes = plt.subplots(3 * num_subjects, num_frames,
+                             figsize=(1.6 * num_frames, 1.6 * 3 * num_subjects))
+    for s in range(num_subjects):
+      for r, (title, arr) in enumerate((("original", video), ("masked", masked),
+                                        ("reconstructed", recon))):
+        for c, f in enumerate(frames):
+          ax = axes[3 * s + r, c]
+          ax.imshow(np.clip(arr[s, f], -1, 1), cmap="gray", vmin=-1, vmax=1)
+          ax.set_xticks([]), ax.set_yticks([])
+          if c == 0:
+            ax.set_ylabel(f"{title}", fontsize=7)
+          if s == 0 and r == 0:
+            ax.set_title(f"frame {f}", fontsize=7)
+    fig.suptitle("MAE on held-out subjects", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(config, workdir):
+  start = time.time()
+  stage_dir = os.path.join(workdir, "mae")
+  data_dir, meta = datasets.resolve(config, workdir)
+  model, task = make_task(config)
+  trainer = loop.Trainer(config, stage_dir, data_dir, task)
+  evaluator = Evaluator(config, model, trainer, data_dir, meta)
+
+  # The freshly initialised encoder is the baseline (init is deterministic per
+  # seed, so this holds on a resumed run too).
+  init_loss = evaluator.reconstruction_loss(trainer.state.params)
+  init_probe = evaluator.probe(trainer.state.params)
+  metrics_lib.log("Before training: held-out reconstruction loss %.4f", init_loss)
+
+  def on_eval(state, step, writer):
+    loss = evaluator.reconstruction_loss(state.params)
+    writer.write(step, {"loss": loss}, split="val")
+    metrics_lib.log("step %d: held-out reconstruction loss %.4f", step, loss)
+
+  state = trainer.fit(on_eval)
+  final_loss = evaluator.reconstruction_loss(state.params)
+  probe = evaluator.probe(state.params)
+  step = int(state.step)
+  results = dict(
+      stage="mae", variant=config.variant, step=step,
+      heldout_reconstruction_loss=dict(initial=init_loss, final=final_loss),
+      probe_r2={k: v["r2"] for k, v in probe.items()},
+      probe_r2_random_init={k: v["r2"] for k, v in init_probe.items()},
+      probe_alpha={k: v["alpha"] for k, v in probe.items()},
+      num_examples={s: v["num_examples"] for s, v in meta.splits.items()},
+      data=data_dir, checkpoint=os.path.join(trainer.checkpoint_dir, str(step)),
+      wall_time_s=time.time() - start)
+  if jax.process_index() == 0:
+    figure = os.path.join(stage_dir, "reconstructions.png")
+    evaluator.reconstruction_figure(state.params, figure)
+    with open(os.path.join(stage_dir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    metrics_lib.log("Held-out reconstruction loss %.4f -> %.4f", init_loss, final_loss)
+    for name, r in probe.items():
+      metrics_lib.log("probe R2 %-18s %6.3f (random init %6.3f)", name, r["r2"], init_probe[name]["r2"])
+    metrics_lib.log("Wrote %s and %s", os.path.join(stage_dir, "results.json"), figure)
+  return results

@@ -1,0 +1,95 @@
+"""Train state, optimizer, and sharded initialisation."""
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cardionets_jax.train import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any              # trained
+  opt_state: Any
+  frozen: Any              # restored from an earlier stage; no gradient, no optimizer state
+  rng: jax.Array           # base key; each step folds in its step number
+
+
+def peak_lr(train_config):
+  scale = train_config.batch_size / train_config.lr_scale_batch if train_config.lr_scale_batch else 1.0
+  return train_config.lr * scale
+
+
+def make_schedule(train_config):
+  lr = peak_lr(train_config)
+  warmup = min(train_config.warmup_steps, max(train_config.num_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=warmup,
+      decay_steps=max(train_config.num_steps, warmup + 1), end_value=lr * train_config.min_lr_ratio)
+
+
+def make_optimizer(train_config):
+  """AdamW on a warm-up + cosine schedule; no decay on biases, norms, embeddings' 1-D params."""
+  schedule = make_schedule(train_config)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  parts = []
+  if train_config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=train_config.b1, b2=train_config.b2,
+                           weight_decay=train_config.weight_decay, mask=decay_mask))
+  return optax.chain(*parts), schedule
+
+
+def create_state(init_params: Callable, tx, seed, mesh, rules, init_frozen: Callable = None):
+  """Initialises the state directly into its shardings.
+
+  `init_params(rng)` returns params boxed with logical axes. The state is
+  traced with `jax.eval_shape` (nothing allocated), its shardings derived from
+  the boxes, and built by a jit with those out_shardings: no host ever holds
+  the whole model. Returns (state, state_shardings, abstract_boxed_params).
+  """
+  init_frozen = init_frozen or (lambda: {})
+
+  def boxed_state(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    params = init_params(params_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      frozen=init_frozen(), rng=state_rng)
+
+  rng = jax.random.PRNGKey(seed)
+  with mesh_lib.active(mesh, rules):
+    abstract = jax.eval_shape(boxed_state, rng)
+    shardings = mesh_lib.tree_shardings(abstract, mesh, rules)
+    state = jax.jit(lambda r: nn.unbox(boxed_state(r)), out_shardings=shardings)(rng)
+  return state, shardings, abstract.params
+
+
+def param_count(tree):
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def param_table(params, max_depth=2):
+  """Lines of 'module  count' for each subtree down to max_depth, and the total."""
+  params = nn.unbox(params)
+  lines = []
+
+  def walk(tree, prefix, depth):
+    for key, sub in tree.items():
+      name = f"{prefix}/{key}" if prefix else key
+      if isinstance(sub, dict) and depth < max_depth:
+        lines.append((name, param_count(sub)))
+        walk(sub, name, depth + 1)
+      else:
+        lines.append((name, param_count(sub)))
+
+  walk(dict(params), "", 1)
+  width = max([len(n) for n, _ in lines] + [5])
+  out = [f"{n:<{width}}  {c:>13,}" for n, c in lines]
+  out.append(f"{'total':<{width}}  {param_count(params):>13,}")
+  return out

@@ -1,0 +1,82 @@
+"""Pieces every stage config shares.
+
+A config string selects the size and a few switches, big_vision style:
+`configs/mae.py:variant=base`. Everything else is overridden on the command
+line, e.g. `--config.train.num_steps=50`.
+"""
+
+import ml_collections
+
+VARIANTS = ("tiny", "base")
+
+# Logical axis name -> mesh axes. Data, not code: edit here or override.
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("patch", None),
+    ("seq", None),
+)
+
+
+def parse_arg(arg, **defaults):
+  """Parses 'k1=v1,k2=v2' into a ConfigDict, typed by the defaults."""
+  cfg = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config-string key {key!r}; known: {sorted(defaults)}")
+    kind = type(defaults[key])
+    cfg[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+  if "variant" in cfg and cfg.variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
+  return cfg
+
+
+def base_config(stage, variant):
+  """Fields every stage has; stage configs fill in their model and sizes."""
+  config = ml_collections.ConfigDict()
+  config.stage = stage
+  config.variant = variant
+  config.seed = 42
+
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=1000,
+      batch_size=32,             # global batch, all devices and hosts together
+      grad_accum_steps=1,        # micro-batches per step; batch_size must divide
+      lr=1e-3,                   # peak learning rate (after warm-up)
+      lr_scale_batch=0,          # if > 0: lr *= batch_size / lr_scale_batch (MAE rule)
+      warmup_steps=100,
+      min_lr_ratio=0.0,          # cosine decays to lr * min_lr_ratio
+      weight_decay=0.05,
+      b1=0.9,
+      b2=0.95,
+      grad_clip_norm=1.0,        # 0 disables
+      compute_dtype="float32",   # or "bfloat16": params stay float32
+      checkpoint_every=200,
+      keep_checkpoints=2,
+      log_every=20,
+      eval_every=0,              # 0: evaluate at the start and the end only
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      source="synthetic",        # "synthetic" or a built dataset directory
+      num_subjects=1200,         # synthetic cohort size (all splits)
+      val_fraction=0.1,
+      test_fraction=0.15,
+      cmr_frames=50,
+      cmr_size=96,
+      cohort_seed=0,             # the synthetic cohort (kept apart from the model seed)
+      shuffle_seed=0,
+      worker_count=0,            # Grain worker processes (0: in-process)
+      worker_buffer_size=2,
+      read_threads=2,
+  ))
+
+  config.mesh = ml_collections.ConfigDict(dict(
+      shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
+      rules=LOGICAL_AXIS_RULES,
+  ))
+  return config

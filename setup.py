@@ -1,0 +1,35 @@
+"""cardionets-jax: ECG -> cardiac-MRI-level assessment, in JAX/Flax."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.12",
+    "chex>=0.1.90",
+    "grain>=0.2.18",
+    "array-record>=0.8",
+    "tensorflow-datasets>=4.9.9",
+    "numpy>=2.0",
+    "scipy>=1.13",  # scipy.signal: ECG filtering and resampling
+    "wfdb>=4.3",
+    "ml-collections>=1.1",
+    "absl-py>=2.1",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "matplotlib>=3.9",
+]
+
+setuptools.setup(
+    name="cardionets-jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of CardioNets (ECG to cardiac MRI).",
+    packages=setuptools.find_packages(include=["cardionets_jax", "cardionets_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "scikit-learn>=1.5"],
+        "cuda": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+)
