@@ -24,7 +24,7 @@ setuptools.setup(
     name="cardionets-jax",
     version="0.1.0",
     description="JAX/Flax reimplementation of CardioNets (ECG to cardiac MRI).",
-    packages=setuptools.find_packages(include=["cardionets_jax", "cardionets_jax.*"]),
+    packages=setuptools.find_packages(include=["cardionets_jax", "cardionets_jax.*", "configs"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -42,10 +42,12 @@ def train_iterator(directory, split, fields, global_batch, *, seed, worker_count
   ds = ds[jax.process_index()::process_count]  # each host reads its own subjects
   ds = ds.shuffle(seed=seed).repeat().map(DecodeFields(tuple(fields)))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=16))
-  it = it.batch(global_batch // process_count, drop_remainder=True)
   if worker_count > 0:
+    # Workers decode single examples and the main process batches them: worker
+    # outputs interleave round-robin, so the order is the same with any count.
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+  it = it.batch(global_batch // process_count, drop_remainder=True)
   return iter(it)
 
 

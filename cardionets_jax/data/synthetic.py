@@ -81,7 +81,7 @@ def _draw_subject(rng: np.random.Generator) -> dict:
   ph = rng.random() < 0.10
   z_vent = rng.normal()                     # shared ventricular size (beyond body size)
   n = rng.normal(size=16)
-  uu = rng.random(size=8)
+  uu = rng.random(size=12)
 
   # Left ventricle.
   lvedv_base = 150.0 * size**1.1 * (1.07 if male else 0.93) * np.exp(0.10 * z_vent + 0.07 * n[0])
@@ -91,11 +91,11 @@ def _draw_subject(rng: np.random.Generator) -> dict:
   if cm_type == 1:      # dilated: big, thin-walled, poorly contracting LV
     lvedv *= 1.35 + 0.65 * uu[0]
     lvef = 18.0 + 26.0 * uu[1]
-    wall = 8.0 + 1.0 * n[2]
+    wall = 9.0 + 1.0 * n[2]
   elif cm_type == 2:    # hypertrophic: thick wall, small hyperdynamic cavity
-    lvedv *= 0.65 + 0.25 * uu[0]
+    lvedv *= 0.55 + 0.25 * uu[0]
     lvef = float(np.clip(67.0 + 5.0 * n[1], 55.0, 82.0))
-    wall = 14.0 + 12.0 * uu[1]
+    wall = 14.0 + 10.0 * uu[1] ** 1.5
   if ph:
     lvef -= 2.0 * uu[2]   # septal interaction
   wall = float(np.clip(wall, 5.5, 30.0))
@@ -126,10 +126,10 @@ def _draw_subject(rng: np.random.Generator) -> dict:
   if cm_type == 1:
     la *= 1.3 + 0.6 * uu[7]
   elif cm_type == 2:
-    la *= 1.3 + 0.5 * uu[0]
+    la *= 1.3 + 0.5 * uu[8]
   ra = 70.0 * size * np.exp(0.18 * n[7])
   if ph:
-    ra *= 1.4 + 0.8 * uu[1]
+    ra *= 1.4 + 0.8 * uu[9]
   elif cm_type == 1:
     ra *= 1.15
   la = float(np.clip(la, 20.0, 250.0))
@@ -274,8 +274,8 @@ def _render_cine(rng: np.random.Generator, subj: dict, frames: int, size: int) -
   lv_l = 23.0 * lv ** 0.25 / sph
   rv_a = 2.4 * rv ** (5 / 12)
   rv_l = 18.0 * rv ** 0.25
-  la_a, la_b = 4.9 * np.cbrt(la), 5.9 * np.cbrt(la)
-  ra_a, ra_b = 4.9 * np.cbrt(ra), 5.6 * np.cbrt(ra)
+  la_a, la_b = 5.3 * np.cbrt(la), 6.1 * np.cbrt(la)
+  ra_a, ra_b = 5.3 * np.cbrt(ra), 5.8 * np.cbrt(ra)
   # Myocardium: the wall thickens in systole, conserving the ring's area in the slice:
   # solves (a + w)(L + 0.8 w) - a L = ring for w (the apex is thinner: 0.8 w).
   ring = (lv_a[0] + wall) * (lv_l[0] + 0.8 * wall) - lv_a[0] * lv_l[0]
@@ -314,7 +314,7 @@ def _render_cine(rng: np.random.Generator, subj: dict, frames: int, size: int) -
   # Epicardial fat and pericardium: a brighter rim around the whole heart.
   hx = (ra_cx[0] - ra_a.max() + lv_cx[0] + lv_a[0] + w[0]) / 2
   hy = (lv_apex + la_cy[0] - la_b.max()) / 2
-  fat = 120.0 + 15.0 * r[17]
+  fat = 112.0 + 12.0 * r[17]
   _soft_ellipse(bg, xh, yh, one(hx), one(hy),
                 one((lv_cx[0] + lv_a[0] + w[0] - ra_cx[0] + ra_a.max()) / 2 + 2.0),
                 one((lv_apex - la_cy[0] + la_b.max()) / 2 + 2.0), px, fat)
@@ -334,7 +334,6 @@ def _render_cine(rng: np.random.Generator, subj: dict, frames: int, size: int) -
   tilt_at = np.deg2rad(3.0 * nrm[5])
 
   def draw(cx, cy, a, b, tilt, value, cut=None, keep_above=True):
-    # The window must hold the centre line too (truncated shapes extend one way only).
     rows, cols, u, v, (ct, st) = g.window(cx, cy, a.max(), b.max(), tilt)
     if rows.stop <= rows.start or cols.stop <= cols.start:
       return
@@ -502,7 +501,7 @@ def _simulate_ecg(rng: np.random.Generator, subj: dict, noise: bool = True) -> n
   resp = 0.3 * wander_amp * np.sin(2 * np.pi * resp_f * t + resp_ph)
   mains_f = 50.0 if r[10] < 0.5 else 60.0
   mains = 0.01 * r[11] * np.sin(2 * np.pi * mains_f * t + 2 * np.pi * r[12])
-  white = (0.02 + 0.03 * r[13]) * rng.standard_normal((8, ECG_SAMPLES))
+  white = (0.015 + 0.025 * r[13]) * rng.standard_normal((8, ECG_SAMPLES))
   if noise:
     leads8 = leads8 + wander + resp + mains + white
 

@@ -111,23 +111,26 @@ class Trainer:
 
     if step >= tcfg.num_steps:
       metrics_lib.log("Training already finished (%d steps)", step)
-    with mesh_lib.active(self.mesh, self.rules):
-      while step < tcfg.num_steps:
-        batch = next(data_iter)
-        ids = batch.pop("subject_id")
-        self.state, metrics = train_step(self.state, mesh_lib.global_batch(batch, self.mesh, self.rules))
-        step += 1
-        pending.append((step, metrics, ids))
-        if step % tcfg.log_every == 0 or step == tcfg.num_steps or step == 1:
-          flush()
-        if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps:
-          flush()  # never checkpoint past a NaN
-          ckpt.save(step, self.state, data_iter, cfg)
-        if on_eval is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
-          on_eval(self.state, step, writer)
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    try:
+      with mesh_lib.active(self.mesh, self.rules):
+        while step < tcfg.num_steps:
+          batch = next(data_iter)
+          ids = batch.pop("subject_id")
+          self.state, metrics = train_step(self.state,
+                                           mesh_lib.global_batch(batch, self.mesh, self.rules))
+          step += 1
+          pending.append((step, metrics, ids))
+          if step % tcfg.log_every == 0 or step == tcfg.num_steps or step == 1:
+            flush()
+          if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps:
+            flush()  # never checkpoint past a NaN
+            ckpt.save(step, self.state, data_iter, cfg)
+          if on_eval is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
+            on_eval(self.state, step, writer)
+    finally:
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
     return self.state
 
   def _field_shapes(self, fields):

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+from sklearn import linear_model
+from sklearn import metrics
+
+from cardionets_jax import evaluate
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_r2_matches_sklearn(seed):
+  rng = np.random.default_rng(seed)
+  y = rng.normal(size=50)
+  pred = y + rng.normal(scale=seed + 0.1, size=50)
+  assert evaluate.r2_score(y, pred) == pytest.approx(metrics.r2_score(y, pred), abs=1e-12)
+
+
+def test_r2_constant_target_follows_sklearn():
+  y = np.ones(5)
+  assert evaluate.r2_score(y, y) == metrics.r2_score(y, y)
+  assert evaluate.r2_score(y, y + 1) == metrics.r2_score(y, y + 1)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 1.0, 100.0])
+def test_ridge_matches_sklearn(alpha):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(80, 6)) * [1, 2, 3, 4, 5, 6] + 3.0
+  y = x @ rng.normal(size=6) + 2.0 + rng.normal(size=80)
+  w, b = evaluate.ridge_fit(x, y, alpha)
+  ref = linear_model.Ridge(alpha=alpha).fit(x, y)
+  np.testing.assert_allclose(w, ref.coef_, rtol=1e-8, atol=1e-10)
+  assert b == pytest.approx(ref.intercept_, rel=1e-8)
+
+
+def test_ridge_probe_recovers_linear_targets_and_skips_missing():
+  rng = np.random.default_rng(4)
+  def split(n):
+    x = rng.normal(size=(n, 10))
+    y = np.stack([x[:, 0] * 2 + 0.1 * rng.normal(size=n), rng.normal(size=n)], axis=1)
+    y[::7, 0] = np.nan  # missing values are skipped, not imputed
+    return x, y
+  out = evaluate.ridge_probe(split(300), split(100), split(100), alphas=(0.1, 10.0),
+                             names=["signal", "noise"])
+  assert out["signal"]["r2"] > 0.95
+  assert out["noise"]["r2"] < 0.1
+  assert out["signal"]["n_test"] == 100 - len(range(0, 100, 7))

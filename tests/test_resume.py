@@ -1,0 +1,66 @@
+"""A run killed with SIGKILL resumes exactly: same params as an uninterrupted run."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from tests.conftest import TINY_MAE_FLAGS
+
+STEPS = 400
+
+
+def command(workdir):
+  return [sys.executable, "-m", "cardionets_jax.main", "--config=configs/mae.py",
+          f"--workdir={workdir}", f"--config.train.num_steps={STEPS}",
+          "--config.train.checkpoint_every=50", "--config.train.log_every=50"] + TINY_MAE_FLAGS
+
+
+def env():
+  e = dict(os.environ)
+  e.pop("XLA_FLAGS", None)  # one CPU device, as a user's laptop
+  return e
+
+
+def checkpoints(workdir):
+  directory = os.path.join(workdir, "mae", "checkpoints")
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
+def final_params(workdir):
+  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "mae", "checkpoints", str(STEPS), "state"))
+  return state["params"]
+
+
+def test_killed_run_resumes_bitwise(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(command(killed), cwd=root, env=env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not checkpoints(killed) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = checkpoints(killed)
+  assert saved and saved[-1] < STEPS, f"the run was not killed mid-way (checkpoints {saved})"
+
+  resumed = subprocess.run(command(killed), cwd=root, env=env(), capture_output=True, text=True,
+                           timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  match = re.search(r"Resumed from \S+/checkpoints/(\d+)", resumed.stderr)
+  assert match, resumed.stderr[-3000:]
+  assert int(match.group(1)) == saved[-1]
+
+  straight = str(tmp_path / "straight")
+  subprocess.run(command(straight), cwd=root, env=env(), check=True, capture_output=True,
+                 timeout=600)
+  a, b = final_params(killed), final_params(straight)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
