@@ -50,6 +50,11 @@ def cmr_shape(config):
   return (config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
 
 
+def example_spec(config):
+  """Shapes and dtypes of the batch fields the train step reads (one example)."""
+  return {"cmr": (cmr_shape(config), jnp.uint8)}
+
+
 def init_params(model, config, rng):
   video = jnp.zeros((1,) + cmr_shape(config), jnp.uint8)
   return model.init({"params": rng, "mask": rng}, video)["params"]

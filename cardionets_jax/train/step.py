@@ -53,7 +53,7 @@ def make_train_step(loss_fn, tx, schedule, grad_accum_steps=1):
       grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
