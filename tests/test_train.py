@@ -105,3 +105,28 @@ def test_non_finite_loss_stops_with_step_subjects_and_checkpoint(tmp_path):
   assert bad_step >= 2
   assert "SYN-" in message
   assert message.endswith(os.path.join(str(tmp_path), "mae", "checkpoints", str(bad_step - 1)))
+
+
+def test_encoder_is_handed_on_through_the_checkpoint(tmp_path):
+  config = tiny_mae_config(num_steps=2, checkpoint_every=2)
+  data_dir = cohort.build_synthetic(str(tmp_path / "data"), config.data, seed=0, workers=1)
+  _, task = mae.make_task(config)
+  trainer = loop.Trainer(config, str(tmp_path / "mae"), data_dir, task)
+  state = trainer.fit()
+  # A later stage asks for the encoder only, on a mesh of its own (2 devices).
+  from cardionets_jax.train import checkpoint as ckpt_lib
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:2])
+  rules = mesh_lib.axis_rules(config.mesh)
+  encoder = mae.build_encoder(config)
+  boxed = jax.eval_shape(lambda r: encoder.init(r, jnp.zeros((1, 10, 16, 16), jnp.uint8))["params"],
+                         jax.random.PRNGKey(0))
+  shardings = mesh_lib.tree_shardings(boxed, mesh, rules)
+  import flax.linen as nn
+  target = ckpt_lib.abstract_with_shardings(nn.unbox(boxed), shardings)
+  restored, step = ckpt_lib.restore_subtree(trainer.checkpoint_dir, ("params", "encoder"), target)
+  assert step == 2
+  saved = jax.device_get(state.params["encoder"])
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(saved), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(b), a, err_msg=jax.tree_util.keystr(path))
+  leaf = restored["transformer"]["block0"]["mlp"]["fc1"]["kernel"]
+  assert leaf.sharding.mesh.devices.size == 2

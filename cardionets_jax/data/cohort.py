@@ -1,33 +1,24 @@
 """The built-in synthetic paired cohort, written as a regular dataset.
 
-It goes through exactly the files and pipeline a real dataset uses, so every
-stage trains on it the way it would train on UK Biobank-style data.
+It goes through the same preprocessing, files and pipeline as a real dataset
+built by `cardionets_jax.data.build`, so every stage trains on it the way it
+would train on UK Biobank-style data.
 """
 
-import concurrent.futures
-import functools
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import shutil
 import time
 
 import numpy as np
 
+from cardionets_jax.data import preprocess
 from cardionets_jax.data import records
 from cardionets_jax.data import synthetic
 
 SIMULATOR_VERSION = 1
-
-
-def split_of(subject_id: bytes, val_fraction, test_fraction):
-  """Deterministic subject-level split from a hash of the id."""
-  u = int.from_bytes(hashlib.sha256(subject_id).digest()[:8], "little") / 2.0**64
-  if u < test_fraction:
-    return "test"
-  return "val" if u < test_fraction + val_fraction else "train"
 
 
 def dataset_dir(root, data_config, seed):
@@ -38,49 +29,47 @@ def dataset_dir(root, data_config, seed):
   return os.path.join(root, f"synthetic-{digest}")
 
 
-def _simulate(index, seed, frames, size):
-  return synthetic.simulate_subject(seed, index, frames=frames, size=size)
+def simulate_example(index, seed, frames, size):
+  """One subject in the dataset's example format (ECG band-passed as real data)."""
+  s = synthetic.simulate_subject(seed, index, frames=frames, size=size)
+  return dict(subject_id=s["subject_id"].decode(),
+              ecg=preprocess.bandpass(s["ecg"], synthetic.ECG_FS).astype(np.float32),
+              lead_mask=np.ones(records.NUM_LEADS, np.uint8), cmr=s["cmr"],
+              has_cmr=np.uint8(1), phenotypes=s["phenotypes"], labels=s["labels"])
+
+
+def _simulate(args):
+  return simulate_example(*args)
 
 
 def build_synthetic(root, data_config, seed, workers=None):
   """Builds the cohort under `root` unless it is there; returns its directory."""
   out = dataset_dir(root, data_config, seed)
-  if os.path.exists(os.path.join(out, records.META_FILE)):
+  try:
+    records.dataset_dir(out)
     return out
+  except FileNotFoundError:
+    pass
   start = time.time()
-  n = data_config.num_subjects
-  logging.info("Simulating the synthetic cohort: %d subjects, cine %dx%dx%d -> %s", n,
-               data_config.cmr_frames, data_config.cmr_size, data_config.cmr_size, out)
-  simulate = functools.partial(_simulate, seed=seed, frames=data_config.cmr_frames,
-                               size=data_config.cmr_size)
+  n, frames, size = data_config.num_subjects, data_config.cmr_frames, data_config.cmr_size
+  logging.info("Simulating the synthetic cohort: %d subjects, cine %dx%dx%d -> %s", n, frames,
+               size, size, out)
+  by_split = {s: [] for s in records.SPLITS}
+  for i in range(n):
+    by_split[records.split_of(synthetic.subject_id(i), data_config.val_fraction,
+                      data_config.test_fraction)].append(i)
+  meta = records.DatasetMeta(
+      phenotype_names=synthetic.phenotype_names(), phenotype_units=synthetic.phenotype_units(),
+      label_names=list(synthetic.LABELS),
+      shapes=dict(ecg=[records.NUM_LEADS, synthetic.ECG_SAMPLES], cmr=[frames, size, size]),
+      source=f"synthetic cohort (simulator v{SIMULATOR_VERSION}, seed {seed})")
   workers = workers or min(os.cpu_count() or 1, 8)
   # Spawned, not forked: forking a process that runs JAX threads can deadlock.
-  with concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-    examples = list(pool.map(simulate, range(n), chunksize=16))
-
-  by_split = {s: [] for s in records.SPLITS}
-  for ex in examples:
-    by_split[split_of(bytes(ex["subject_id"]), data_config.val_fraction,
-                      data_config.test_fraction)].append(ex)
-  tmp = f"{out}.tmp-{os.getpid()}"
-  os.makedirs(tmp, exist_ok=True)
-  splits = {}
-  for split, exs in by_split.items():
-    num_shards = max(1, min(8, len(exs) // 256))
-    splits[split] = dict(num_examples=records.write_shards(tmp, split, exs, num_shards),
-                         num_shards=num_shards)
-  mean, std = records.phenotype_stats([ex["phenotypes"] for ex in by_split["train"]])
-  first = examples[0]
-  records.DatasetMeta(
-      phenotype_names=synthetic.phenotype_names(), phenotype_units=synthetic.phenotype_units(),
-      label_names=list(synthetic.LABELS), phenotype_mean=mean.tolist(),
-      phenotype_std=std.tolist(), splits=splits,
-      shapes={k: list(np.shape(v)) for k, v in first.items()},
-      source=f"synthetic cohort (simulator v{SIMULATOR_VERSION}, seed {seed})").save(tmp)
-  if os.path.exists(out):   # a half-written directory from a killed run
-    shutil.rmtree(out)
-  os.replace(tmp, out)
+  with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    splits = {s: (lambda ids=ids: pool.imap(_simulate, [(i, seed, frames, size) for i in ids],
+                                            chunksize=8))
+              for s, ids in by_split.items() if ids}
+    records.write_dataset(out, splits, meta)
   logging.info("Synthetic cohort written in %.1fs: %s", time.time() - start,
-               {s: v["num_examples"] for s, v in splits.items()})
+               {s: len(ids) for s, ids in by_split.items()})
   return out

@@ -1,87 +1,162 @@
-"""The on-disk dataset: ArrayRecord shards of examples plus a `meta.json`.
+"""The on-disk dataset: a TFDS dataset of ArrayRecord shards.
 
-An example is a dict of numpy arrays (DESIGN.md): `ecg` (12, T) float32 at
-250 Hz, `cmr` (F, H, W) uint8, `phenotypes` (P,) float32 with NaN where
-missing, `labels` (L,) int8 with -1 where missing, `subject_id` bytes.
-Records are `.npz` bytes read with allow_pickle=False: no pickle, ever.
+Written without TensorFlow by a `GeneratorBasedBuilder`, read back by
+`tfds.data_source` / Grain. One example is one subject (DESIGN.md):
+
+  subject_id  text
+  ecg         (12, T) float32, band-passed, 250 Hz, standard lead order
+  lead_mask   (12,) uint8, 1 where the lead was recorded
+  cmr         (F, H, W) uint8 cine, or (0, H, W) for an ECG-only subject
+  has_cmr     uint8
+  phenotypes  (P,) float32, NaN where missing
+  labels      (L,) int8, -1 where missing
+
+The builder's metadata holds phenotype names, units and train statistics,
+label names and shapes. Nothing is ever unpickled.
 """
 
 import dataclasses
-import io
-import json
+import hashlib
 import os
-from typing import Iterable
+import warnings
+from typing import Callable, Iterable
 
 import numpy as np
-from array_record.python import array_record_module
+import tensorflow_datasets as tfds
 
-META_FILE = "meta.json"
+NAME = "cardionets_dataset"
+VERSION = "1.0.0"
 SPLITS = ("train", "val", "test")
+NUM_LEADS = 12
 
 
-def encode_example(example):
-  buf = io.BytesIO()
-  np.savez(buf, **{k: np.asarray(v) for k, v in example.items()})
-  return buf.getvalue()
-
-
-def decode_example(record):
-  with np.load(io.BytesIO(record), allow_pickle=False) as npz:
-    return {k: npz[k] for k in npz.files}
-
-
-def shard_paths(directory, split, num_shards):
-  return [os.path.join(directory, f"{split}.array_record-{i:05d}-of-{num_shards:05d}")
-          for i in range(num_shards)]
-
-
-def write_shards(directory, split, examples: Iterable[dict], num_shards=1):
-  """Writes examples round-robin over `num_shards` shards; returns the count."""
-  writers = [array_record_module.ArrayRecordWriter(p, "group_size:1")
-             for p in shard_paths(directory, split, num_shards)]
-  count = 0
-  try:
-    for count, example in enumerate(examples, start=1):
-      writers[(count - 1) % num_shards].write(encode_example(example))
-  finally:
-    for w in writers:
-      w.close()
-  return count
+def features(ecg_samples, cmr_size, num_phenotypes, num_labels):
+  t = tfds.features.Tensor
+  return tfds.features.FeaturesDict({
+      "subject_id": tfds.features.Text(),
+      "ecg": t(shape=(NUM_LEADS, ecg_samples), dtype=np.float32),
+      "lead_mask": t(shape=(NUM_LEADS,), dtype=np.uint8),
+      "cmr": t(shape=(None, cmr_size, cmr_size), dtype=np.uint8),
+      "has_cmr": t(shape=(), dtype=np.uint8),
+      "phenotypes": t(shape=(num_phenotypes,), dtype=np.float32),
+      "labels": t(shape=(num_labels,), dtype=np.int8),
+  })
 
 
 @dataclasses.dataclass
 class DatasetMeta:
-  """What a dataset directory holds; `meta.json` is its serialised form."""
+  """What a dataset holds, beyond its TFDS features."""
   phenotype_names: list
   phenotype_units: list
   label_names: list
-  phenotype_mean: list      # train-split statistics, for z-scoring
-  phenotype_std: list
-  splits: dict              # split -> {"num_examples": int, "num_shards": int}
-  shapes: dict              # field -> shape of one example
+  shapes: dict                  # field -> shape of one example (cmr: frames, size, size)
   source: str = ""
-
-  def save(self, directory):
-    with open(os.path.join(directory, META_FILE), "w") as f:
-      json.dump(dataclasses.asdict(self), f, indent=2)
+  phenotype_mean: list = None   # train-split statistics, for z-scoring
+  phenotype_std: list = None
+  splits: dict = None           # split -> {"num_examples", "num_with_cmr"}; filled on load
 
   @classmethod
   def load(cls, directory):
-    path = os.path.join(directory, META_FILE)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{directory} is not a cardionets dataset: {META_FILE} is missing")
-    with open(path) as f:
-      return cls(**json.load(f))
+    builder = open_builder(directory)
+    meta = dict(builder.info.metadata)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out = cls(**{k: v for k, v in meta.items() if k in fields and k != "splits"})
+    counts = meta.get("num_with_cmr", {})
+    out.splits = {name: dict(num_examples=int(info.num_examples),
+                             num_with_cmr=int(counts.get(name, 0)))
+                  for name, info in builder.info.splits.items()}
+    return out
 
-  def paths(self, directory, split):
-    if split not in self.splits:
-      raise KeyError(f"Dataset {directory} has no split {split!r}; it has {sorted(self.splits)}")
-    return shard_paths(directory, split, self.splits[split]["num_shards"])
+
+def dataset_dir(directory):
+  """The TFDS version directory inside `directory` (or `directory` itself)."""
+  for candidate in (directory, os.path.join(directory, NAME, VERSION)):
+    if os.path.exists(os.path.join(candidate, "dataset_info.json")):
+      return candidate
+  raise FileNotFoundError(
+      f"{directory} holds no cardionets dataset (no dataset_info.json in it or in "
+      f"{os.path.join(NAME, VERSION)}/): build one with `python -m cardionets_jax.data.build`")
+
+
+def open_builder(directory):
+  return tfds.builder_from_directory(dataset_dir(directory))
+
+
+def data_source(directory, split):
+  """Random-access source of decoded examples (dicts of numpy) for Grain."""
+  return open_builder(directory).as_data_source(split=split)
+
+
+def split_of(subject_id: bytes, val_fraction, test_fraction):
+  """Deterministic subject-level split from a hash of the id."""
+  u = int.from_bytes(hashlib.sha256(subject_id).digest()[:8], "little") / 2.0**64
+  if u < test_fraction:
+    return "test"
+  return "val" if u < test_fraction + val_fraction else "train"
 
 
 def phenotype_stats(phenotypes):
   """Per-phenotype mean and std over rows, ignoring NaN (missing)."""
-  p = np.asarray(phenotypes, np.float64)
-  mean = np.nanmean(p, axis=0)
-  std = np.nanstd(p, axis=0)
-  return mean, np.where(std > 0, std, 1.0)
+  p = np.asarray(phenotypes, np.float64).reshape(-1, np.shape(phenotypes)[-1] if len(phenotypes) else 0)
+  with warnings.catch_warnings(), np.errstate(all="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing phenotype: mean 0, std 1
+    mean = np.nan_to_num(np.nanmean(p, axis=0)) if len(p) else np.zeros(p.shape[1])
+    std = np.nanstd(p, axis=0) if len(p) else np.ones(p.shape[1])
+  std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+  return mean, std
+
+
+class CardionetsDataset(tfds.core.GeneratorBasedBuilder):
+  """Writes examples handed to it per split; see `write_dataset`."""
+  VERSION = tfds.core.Version(VERSION)
+
+  def __init__(self, *, split_examples, feature_dict, meta, **kwargs):
+    self._split_examples = split_examples
+    self._feature_dict = feature_dict
+    self._meta = meta
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="Paired ECG / cine CMR subjects for cardionets-jax.",
+        features=self._feature_dict, metadata=tfds.core.MetadataDict())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in self._split_examples}
+
+  def _generate_examples(self, split):
+    """Yields (key, example); tracks what the metadata needs as it goes."""
+    phenotypes, with_cmr = [], 0
+    for example in self._split_examples[split]():
+      with_cmr += int(example["has_cmr"])
+      if split == "train":
+        phenotypes.append(example["phenotypes"])
+      yield example["subject_id"], example
+    self._meta.setdefault("num_with_cmr", {})[split] = with_cmr
+    if split == "train":
+      mean, std = phenotype_stats(np.stack(phenotypes) if phenotypes else
+                                  np.zeros((0, len(self._meta["phenotype_names"]))))
+      self._meta.update(phenotype_mean=mean.tolist(), phenotype_std=std.tolist())
+    self.info.metadata.update(self._meta)
+
+
+def write_dataset(out_dir, split_examples: dict[str, Callable[[], Iterable[dict]]], meta: DatasetMeta,
+                  num_shards=None):
+  """Writes a dataset under `out_dir`; returns its TFDS directory.
+
+  `split_examples[split]()` yields example dicts (the fields above, with
+  `subject_id` a str). Phenotype statistics come from the train split.
+  """
+  shapes = meta.shapes
+  feature_dict = features(shapes["ecg"][1], shapes["cmr"][1], len(meta.phenotype_names),
+                          len(meta.label_names))
+  meta_dict = {k: v for k, v in dataclasses.asdict(meta).items() if k != "splits" and v is not None}
+  builder = CardionetsDataset(split_examples=split_examples, feature_dict=feature_dict,
+                              meta=meta_dict, data_dir=out_dir, file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+  return os.path.join(out_dir, NAME, VERSION)
+
+
+def empty_cmr(cmr_size):
+  return np.zeros((0, cmr_size, cmr_size), np.uint8)

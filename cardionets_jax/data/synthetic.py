@@ -521,6 +521,10 @@ def _simulate_ecg(rng: np.random.Generator, subj: dict, noise: bool = True) -> n
 # Public entry
 # ----------------------------------------------------------------------------------------------
 
+def subject_id(index: int) -> bytes:
+  return b"SYN-%06d" % int(index)
+
+
 def simulate_subject(seed: int, index: int, *, frames: int, size: int) -> dict[str, np.ndarray]:
   """One paired subject, a function of (seed, index) alone.
 
@@ -542,5 +546,5 @@ def simulate_subject(seed: int, index: int, *, frames: int, size: int) -> dict[s
       "cmr": cmr,
       "phenotypes": subj["phen"].astype(np.float32),
       "labels": subj["labels"],
-      "subject_id": b"SYN-%06d" % int(index),
+      "subject_id": subject_id(index),
   }

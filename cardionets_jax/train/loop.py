@@ -82,11 +82,9 @@ class Trainer:
     step = int(self.state.step)
 
     writer = metrics_lib.MetricWriter(self.stage_dir)
-    batch_ndims = {f: len(shape) + 1 for f, shape in self._field_shapes(fields).items()
-                   if f != "subject_id"}
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(self.task.loss_fn, self.tx, self.schedule, tcfg.grad_accum_steps),
-        self.shardings, self.mesh, self.rules, batch_ndims)
+    step_fn = step_lib.make_train_step(self.task.loss_fn, self.tx, self.schedule,
+                                       tcfg.grad_accum_steps)
+    train_step = None  # jitted once the first batch shows the field ranks
     progress = metrics_lib.Progress(tcfg.num_steps, tcfg.batch_size, first_step=step)
     pending = []  # (step, device metrics, subject ids): fetched in bulk to keep the device busy
 
@@ -116,6 +114,9 @@ class Trainer:
         while step < tcfg.num_steps:
           batch = next(data_iter)
           ids = batch.pop("subject_id")
+          if train_step is None:
+            train_step = step_lib.jit_train_step(step_fn, self.shardings, self.mesh, self.rules,
+                                                 {k: v.ndim for k, v in batch.items()})
           self.state, metrics = train_step(self.state,
                                            mesh_lib.global_batch(batch, self.mesh, self.rules))
           step += 1
@@ -132,8 +133,3 @@ class Trainer:
       ckpt.close()
       writer.close()
     return self.state
-
-  def _field_shapes(self, fields):
-    from cardionets_jax.data import records
-    shapes = records.DatasetMeta.load(self.data_dir).shapes
-    return {f: tuple(shapes[f]) for f in fields}
