@@ -59,7 +59,7 @@ def main(argv):
   stage = stages.get(config.stage)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.axis_rules(config.mesh)
-  _, task = stage.make_task(config)
+  *_, task = stage.make_task(config)
   tx, schedule = state_lib.make_optimizer(config.train)
   state, shardings, abstract_params = state_lib.create_state(
       task.init_params, tx, config.seed, mesh, rules, task.init_frozen)

@@ -61,3 +61,24 @@ def ridge_probe(train, val, test, alphas, names=None):
     out[name] = dict(r2=r2_score(yte[te, j], xte[te] @ w + b), alpha=float(alpha),
                      n_test=int(te.sum()))
   return out
+
+
+def retrieval_topk(similarity, ks=(1, 5)):
+  """Fraction of rows whose matching column (the diagonal) ranks in the top k.
+
+  Ties count against the match: its rank is the number of columns scoring at
+  least as high, itself excluded, plus one.
+  """
+  s = np.asarray(similarity, np.float64)
+  true = np.diag(s)[:, None]
+  rank = np.sum(s >= true, axis=1)  # the match itself and every column tied with or above it
+  return {f"top{k}": float(np.mean(rank <= k)) for k in ks}
+
+
+def pca_fit(x, k):
+  """Principal axes of rows of x: returns (mean (D,), components (D, k))."""
+  x = np.asarray(x, np.float64)
+  mean = x.mean(axis=0)
+  _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+  k = min(k, vt.shape[0])
+  return mean.astype(np.float32), vt[:k].T.astype(np.float32)

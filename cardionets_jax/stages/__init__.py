@@ -2,7 +2,7 @@
 
 import importlib
 
-STAGES = ("mae",)
+STAGES = ("mae", "align")
 
 
 def get(name):

@@ -18,11 +18,11 @@ from cardionets_jax.data import datasets
 from cardionets_jax.data import pipeline
 from cardionets_jax.models import layers
 from cardionets_jax.models import vit
+from cardionets_jax.stages import common
 from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
 
-EVAL_BATCH = 64
 PROBE_TRAIN_LIMIT = 4096
 
 
@@ -80,14 +80,25 @@ def make_task(config):
                           loss_fn=loss_fn, fields=("cmr",))
 
 
-def train_flops_per_example(config):
-  """Analytic FLOPs of one training example (forward + backward = 3x forward)."""
+def _token_counts(config):
   m = config.model
   shape = cmr_shape(config)
   patch = vit.patch_shape(shape[0], m.patch_size, m.patch_frames)
   n = vit.num_tokens(shape, patch)
-  patch_dim = int(np.prod(patch))
-  n_keep = max(1, int(round(n * (1.0 - config.mae.mask_ratio))))
+  return n, int(np.prod(patch)), max(1, int(round(n * (1.0 - config.mae.mask_ratio))))
+
+
+def encoder_flops(config):
+  """Forward FLOPs of the CMR encoder on one whole (unmasked) cine."""
+  m = config.model
+  n, patch_dim, _ = _token_counts(config)
+  return 2 * n * patch_dim * m.width + layers.transformer_flops(n + 1, m.width, m.depth, m.mlp_dim)
+
+
+def train_flops_per_example(config):
+  """Analytic FLOPs of one training example (forward + backward = 3x forward)."""
+  m = config.model
+  n, patch_dim, n_keep = _token_counts(config)
   forward = (2 * n * patch_dim * m.width
              + layers.transformer_flops(n_keep + 1, m.width, m.depth, m.mlp_dim)
              + 2 * (n_keep + 1) * m.width * m.decoder_width
@@ -111,29 +122,21 @@ class Evaluator:
     self._recon = jax.jit(lambda p, v, r: model.apply({"params": p}, v, rngs={"mask": r}),
                           in_shardings=(param_shardings, None, None), out_shardings=out)
 
-  def _batches(self, split, fields, limit=None):
-    for batch, valid in pipeline.eval_batches(self.data_dir, split, fields, EVAL_BATCH, limit):
-      yield batch, mesh_lib.replicated_batch({"cmr": batch["cmr"]}, self.trainer.mesh,
-                                             self.trainer.rules), valid
+  def _map(self, fn, split, keep=(), limit=None):
+    t = self.trainer
+    return common.map_split(fn, self.data_dir, split, ("cmr",), t.mesh, t.rules, keep=keep,
+                            limit=limit)
 
   def reconstruction_loss(self, params, split="val"):
-    """Mean per-example masked loss with a fixed mask per example."""
+    """Mean per-example masked loss; the masks are fixed (the same every call)."""
     rng = jax.random.PRNGKey(self.config.seed + 1)
-    total, count = 0.0, 0
-    with mesh_lib.active(self.trainer.mesh, self.trainer.rules):
-      for i, (_, dev, valid) in enumerate(self._batches(split, ("cmr",))):
-        losses_ = np.asarray(self._loss(params, dev["cmr"], jax.random.fold_in(rng, i)))
-        total += float(losses_[:valid].sum())
-        count += valid
-    return total / count
+    losses_, _ = self._map(lambda b: self._loss(params, b["cmr"], rng), split)
+    return float(np.mean(losses_))
 
   def features(self, params, split, limit=None):
-    feats, phen = [], []
-    with mesh_lib.active(self.trainer.mesh, self.trainer.rules):
-      for batch, dev, valid in self._batches(split, ("cmr", "phenotypes"), limit):
-        feats.append(np.asarray(self._features(params, dev["cmr"]))[:valid])
-        phen.append(batch["phenotypes"][:valid])
-    return np.concatenate(feats), np.concatenate(phen)
+    feats, kept = self._map(lambda b: self._features(params, b["cmr"]), split,
+                            keep=("phenotypes",), limit=limit)
+    return feats, kept["phenotypes"]
 
   def probe(self, params):
     data = [self.features(params, "train", PROBE_TRAIN_LIMIT), self.features(params, "val"),
@@ -145,8 +148,10 @@ class Evaluator:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    batch, dev, _ = next(self._batches("test", ("cmr",)))
-    with mesh_lib.active(self.trainer.mesh, self.trainer.rules):
+    batch, _ = next(pipeline.eval_batches(self.data_dir, "test", ("cmr",), common.EVAL_BATCH))
+    t = self.trainer
+    with mesh_lib.active(t.mesh, t.rules):
+      dev = mesh_lib.replicated_batch(batch, t.mesh, t.rules)
       pred, mask = self._recon(params, dev["cmr"], jax.random.PRNGKey(0))
     patch = self.model.encoder.patch
     shape = cmr_shape(self.config)

@@ -43,6 +43,16 @@ class Checkpointer:
     self.manager.close()
 
 
+def latest_step(checkpoint_dir):
+  """The newest finished step under a checkpoints directory (or a step dir), or None."""
+  checkpoint_dir = os.path.abspath(checkpoint_dir)
+  if os.path.basename(checkpoint_dir).isdigit():
+    return int(os.path.basename(checkpoint_dir)) if os.path.isdir(checkpoint_dir) else None
+  if not os.path.isdir(checkpoint_dir):
+    return None
+  return ocp.CheckpointManager(checkpoint_dir).latest_step()
+
+
 def abstract_with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 

@@ -28,7 +28,7 @@ class Task:
   loss_fn: Callable                      # (params, frozen, batch, rng) -> (loss, scalar metrics)
   fields: tuple                          # dataset fields the loss reads
   init_frozen: Optional[Callable] = None  # () -> boxed frozen tree (shapes and shardings)
-  load_frozen: Optional[Callable] = None  # abstract frozen tree (with shardings) -> values
+  load_frozen: Optional[Callable] = None  # (abstract frozen tree with shardings, mesh, rules) -> values
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class Trainer:
         self.task.init_params, self.tx, cfg.seed, self.mesh, self.rules, self.task.init_frozen)
     if self.task.load_frozen is not None:
       abstract = ckpt_lib.abstract_with_shardings(self.state.frozen, self.shardings.frozen)
-      self.state = self.state.replace(frozen=self.task.load_frozen(abstract))
+      self.state = self.state.replace(frozen=self.task.load_frozen(abstract, self.mesh, self.rules))
     for line in state_lib.param_table(self.abstract_params):
       metrics_lib.log("params  %s", line)
 

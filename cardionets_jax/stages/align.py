@@ -1,0 +1,286 @@
+"""Stage 2: the ECG encoder aligned to the frozen CMR encoder with weighted InfoNCE.
+
+Takes `params/encoder` from the mae stage (frozen: no gradient, no optimizer
+state); hands on `params/ecg_encoder` (and both projectors) through its
+Orbax checkpoint.
+"""
+
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cardionets_jax import evaluate
+from cardionets_jax import losses
+from cardionets_jax.data import datasets
+from cardionets_jax.data import synthetic
+from cardionets_jax.models import ecg as ecg_models
+from cardionets_jax.models import layers
+from cardionets_jax.stages import common
+from cardionets_jax.stages import mae
+from cardionets_jax.train import checkpoint as ckpt_lib
+from cardionets_jax.train import loop
+from cardionets_jax.train import metrics as metrics_lib
+
+PCA_FIT_LIMIT = 4096
+FIELDS = ("ecg", "lead_mask", "cmr", "phenotypes")
+
+
+class AlignModel(nn.Module):
+  """The ECG encoder and the two projectors into the shared space."""
+  ecg_encoder: ecg_models.EcgEncoder
+  embed_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.ecg_proj = layers.logical_dense(self.embed_dim, ("embed", None), dtype=self.dtype)
+    self.cmr_proj = layers.logical_dense(self.embed_dim, ("embed", None), dtype=self.dtype)
+
+  def ecg_features(self, ecg, lead_mask, train=False):
+    return self.ecg_encoder(ecg, lead_mask, train)
+
+  def embed_ecg(self, features):
+    return self.ecg_proj(features).astype(jnp.float32)
+
+  def embed_cmr(self, cmr_features):
+    return self.cmr_proj(cmr_features).astype(jnp.float32)
+
+  def __call__(self, ecg, lead_mask, cmr_features, train=False):
+    return self.embed_ecg(self.ecg_features(ecg, lead_mask, train)), self.embed_cmr(cmr_features)
+
+
+def build_ecg_encoder(config, dtype=jnp.float32):
+  m = config.model
+  return ecg_models.EcgEncoder(num_samples=m.num_samples, patch_size=m.patch_size, width=m.width,
+                               depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim, dtype=dtype)
+
+
+def build_model(config):
+  dtype = jnp.dtype(config.train.compute_dtype)
+  return AlignModel(build_ecg_encoder(config, dtype), config.model.embed_dim, dtype)
+
+
+def example_spec(config, num_phenotypes=len(synthetic.PHENOTYPES)):
+  """Batch fields of one example (benchmarks assume the synthetic cohort's phenotypes)."""
+  d = config.data
+  return {"ecg": ((12, synthetic.ECG_SAMPLES), jnp.float32), "lead_mask": ((12,), jnp.uint8),
+          "cmr": ((d.cmr_frames, d.cmr_size, d.cmr_size), jnp.uint8),
+          "phenotypes": ((num_phenotypes,), jnp.float32)}
+
+
+def random_crop(ecg, rng, length):
+  """A random window of `length` samples per example: (B, L, T) -> (B, L, length)."""
+  starts = jax.random.randint(rng, (ecg.shape[0],), 0, ecg.shape[-1] - length + 1)
+  return jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, length, axis=-1))(ecg, starts)
+
+
+def eval_crops(ecg, length, count):
+  """`count` evenly spaced windows, first to last: a list of (B, L, length)."""
+  starts = np.linspace(0, ecg.shape[-1] - length, count).round().astype(int)
+  return [ecg[..., s:s + length] for s in starts]
+
+
+def augment(ecg, lead_mask, rng, config):
+  """Training-time ECG augmentation: random crop, noise, lead dropout."""
+  crop_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
+  ecg = random_crop(ecg, crop_rng, config.model.num_samples)
+  a = config.align
+  if a.noise_std:
+    scale = jnp.std(ecg, axis=(1, 2), keepdims=True)
+    ecg = ecg + a.noise_std * scale * jax.random.normal(noise_rng, ecg.shape, ecg.dtype)
+  if a.lead_dropout:
+    keep = jax.random.bernoulli(drop_rng, 1.0 - a.lead_dropout, lead_mask.shape)
+    dropped = lead_mask * keep.astype(lead_mask.dtype)
+    # Never drop every lead of an example.
+    lead_mask = jnp.where(jnp.any(dropped > 0, axis=1, keepdims=True), dropped, lead_mask)
+  return ecg, lead_mask
+
+
+def descriptors(cmr_features, phenotypes, frozen, config):
+  """phi: the clinical descriptor W is computed from, unit-normed rows.
+
+  "pca": the frozen CMR features projected on their training-split principal
+  axes (the release); "phenotypes": the z-scored phenotypes (missing -> 0).
+  Unit norm puts squared distances in [0, 4], the scale sigma is set for.
+  """
+  if config.align.phi == "pca":
+    phi = (cmr_features - frozen["pca_mean"]) @ frozen["pca_components"]
+  elif config.align.phi == "phenotypes":
+    phi = jnp.nan_to_num((phenotypes - frozen["phen_mean"]) / frozen["phen_std"])
+  else:
+    raise ValueError(f"align.phi must be 'pca' or 'phenotypes', got {config.align.phi!r}")
+  return phi / jnp.maximum(jnp.linalg.norm(phi, axis=-1, keepdims=True), 1e-6)
+
+
+def make_task(config, workdir=None, data_dir=None, meta=None):
+  """The align task. `workdir`/`data_dir`/`meta` are needed to load the frozen
+  CMR encoder (and train mae first if it is missing); shapes-only users
+  (tests, benchmarks) may leave them out and get a randomly initialised one."""
+  model = build_model(config)
+  cmr_encoder = mae.build_encoder(config.mae_config, jnp.dtype(config.train.compute_dtype))
+  num_phenotypes = len(meta.phenotype_names) if meta else len(synthetic.PHENOTYPES)
+  cmr_shape = (1, config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
+
+  def init_params(rng):
+    ecg = jnp.zeros((1, 12, config.model.num_samples), jnp.float32)
+    feats = jnp.zeros((1, config.mae_config.model.width), jnp.float32)
+    return model.init(rng, ecg, jnp.ones((1, 12), jnp.uint8), feats)["params"]
+
+  def init_frozen():
+    width = config.mae_config.model.width
+    k = min(config.align.pca_dim, width)
+    return dict(cmr_encoder=cmr_encoder.init(jax.random.PRNGKey(0), jnp.zeros(cmr_shape, jnp.uint8))["params"],
+                pca_mean=jnp.zeros((width,)), pca_components=jnp.eye(width, k),
+                phen_mean=jnp.zeros((num_phenotypes,)), phen_std=jnp.ones((num_phenotypes,)))
+
+  def loss_fn(params, frozen, batch, rng):
+    ecg, lead_mask = augment(batch["ecg"], batch["lead_mask"], rng, config)
+    cmr_features = jax.lax.stop_gradient(
+        cmr_encoder.apply({"params": frozen["cmr_encoder"]}, batch["cmr"]))
+    e, c = model.apply({"params": params}, ecg, lead_mask, cmr_features, train=True)
+    phi = descriptors(cmr_features, batch["phenotypes"], frozen, config)
+    return losses.weighted_info_nce(e, c, phi, tau=config.align.tau, sigma=config.align.sigma,
+                                    weighted=config.align.weighted)
+
+  load_frozen = None
+  if workdir is not None:
+    def load_frozen(abstract, mesh, rules):
+      return _load_frozen(abstract, mesh, rules, config, workdir, data_dir, meta, cmr_encoder)
+
+  task = loop.Task(init_params=init_params, loss_fn=loss_fn, fields=FIELDS,
+                   init_frozen=init_frozen, load_frozen=load_frozen)
+  return model, cmr_encoder, task
+
+
+def _load_frozen(abstract, mesh, rules, config, workdir, data_dir, meta, cmr_encoder):
+  """The mae encoder (trained first if missing) and the PCA of its features."""
+  from cardionets_jax import stages
+  path = common.upstream_checkpoint(config.init.mae_checkpoint, workdir, "mae",
+                                    lambda: stages.get("mae").run(config.mae_config, workdir))
+  encoder_params, step = ckpt_lib.restore_subtree(path, ("params", "encoder"),
+                                                  abstract["cmr_encoder"])
+  metrics_lib.log("Frozen CMR encoder: %s (step %d)", path, step)
+  features_fn = jax.jit(lambda v: cmr_encoder.apply({"params": encoder_params}, v))
+  feats, _ = common.map_split(lambda b: features_fn(b["cmr"]), data_dir, "train", ("cmr",), mesh,
+                              rules, limit=PCA_FIT_LIMIT)
+  k = abstract["pca_components"].shape[1]
+  pca_mean, pca_components = evaluate.pca_fit(feats, k)
+  values = dict(cmr_encoder=encoder_params, pca_mean=pca_mean, pca_components=pca_components,
+                phen_mean=np.asarray(meta.phenotype_mean, np.float32),
+                phen_std=np.asarray(meta.phenotype_std, np.float32))
+  return jax.tree.map(lambda v, a: jax.device_put(jnp.asarray(v, a.dtype), a.sharding), values,
+                      abstract)
+
+
+def train_flops_per_example(config):
+  m = config.model
+  ecg = ecg_models.ecg_flops(m.num_samples, m.patch_size, m.width, m.depth, m.mlp_dim)
+  cmr_forward = mae.encoder_flops(config.mae_config)
+  return 3 * ecg + cmr_forward  # the frozen CMR encoder runs forward only
+
+
+class Evaluator:
+  """Held-out retrieval and phenotype probes."""
+
+  def __init__(self, config, model, cmr_encoder, trainer, data_dir, meta):
+    self.config, self.trainer, self.data_dir, self.meta = config, trainer, data_dir, meta
+    length, count = config.model.num_samples, config.align.eval_crops
+
+    def embed(params, frozen, batch):
+      feats = [model.apply({"params": params}, crop, batch["lead_mask"], method=model.ecg_features)
+               for crop in eval_crops(batch["ecg"], length, count)]
+      ecg_feat = jnp.mean(jnp.stack(feats), axis=0)
+      ecg_emb = jnp.mean(jnp.stack([model.apply({"params": params}, f, method=model.embed_ecg)
+                                    for f in feats]), axis=0)
+      cmr_feat = cmr_encoder.apply({"params": frozen["cmr_encoder"]}, batch["cmr"])
+      cmr_emb = model.apply({"params": params}, cmr_feat, method=model.embed_cmr)
+      return ecg_feat, ecg_emb, cmr_feat, cmr_emb
+
+    self._embed = jax.jit(embed)
+
+  def embeddings(self, state, split, limit=None):
+    t = self.trainer
+    out, kept = common.map_split(lambda b: self._embed(state.params, state.frozen, b), self.data_dir,
+                                 split, ("ecg", "lead_mask", "cmr"), t.mesh, t.rules,
+                                 keep=("phenotypes",), limit=limit)
+    return out, kept["phenotypes"]
+
+  def evaluate(self, state):
+    """Retrieval on test; ridge probes of ECG and CMR features onto phenotypes."""
+    splits = {s: self.embeddings(state, s, mae.PROBE_TRAIN_LIMIT if s == "train" else None)
+              for s in ("train", "val", "test")}
+    (ecg_feat, ecg_emb, _, cmr_emb), _ = splits["test"]
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    retrieval = evaluate.retrieval_topk(norm(ecg_emb) @ norm(cmr_emb).T)
+    probe = lambda i: evaluate.ridge_probe(*[(out[i], y) for out, y in splits.values()],
+                                           alphas=tuple(self.config.probe.alphas),
+                                           names=self.meta.phenotype_names)
+    return dict(retrieval=retrieval, ecg_probe=probe(0), cmr_probe=probe(2),
+                test_embeddings=ecg_emb, test_phenotypes=splits["test"][1])
+
+
+def embedding_figure(path, panels, phenotype_names):
+  """2-D PCA of test ECG embeddings, coloured by LVEF, one panel per model."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  color_name = "lvef" if "lvef" in phenotype_names else phenotype_names[0]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+  for ax, (title, emb, phen) in zip(np.atleast_1d(axes), panels):
+    mean, comps = evaluate.pca_fit(emb, 2)
+    xy = (emb - mean) @ comps
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=phen[:, phenotype_names.index(color_name)], s=10,
+                    cmap="viridis")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2")
+    fig.colorbar(sc, ax=ax, label=color_name)
+  fig.suptitle("Held-out ECG embeddings (PCA)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def run(config, workdir):
+  start = time.time()
+  stage_dir = os.path.join(workdir, "align")
+  data_dir, meta = datasets.resolve(config, workdir)
+  model, cmr_encoder, task = make_task(config, workdir, data_dir, meta)
+  trainer = loop.Trainer(config, stage_dir, data_dir, task)
+  evaluator = Evaluator(config, model, cmr_encoder, trainer, data_dir, meta)
+  baseline = evaluator.evaluate(trainer.state)  # the randomly initialised ECG encoder
+  state = trainer.fit()
+  aligned = evaluator.evaluate(state)
+
+  r2 = lambda probe: {k: v["r2"] for k, v in probe.items()}
+  n_test = len(aligned["test_embeddings"])
+  results = dict(
+      stage="align", variant=config.variant, step=int(state.step),
+      loss=dict(weighted=config.align.weighted, phi=config.align.phi, tau=config.align.tau,
+                sigma=config.align.sigma),
+      retrieval=dict(aligned=aligned["retrieval"], random_init=baseline["retrieval"],
+                     chance=dict(top1=1 / n_test, top5=min(5 / n_test, 1.0)), n_test=n_test),
+      probe_r2=dict(aligned_ecg=r2(aligned["ecg_probe"]), random_init_ecg=r2(baseline["ecg_probe"]),
+                    cmr_encoder=r2(aligned["cmr_probe"])),
+      checkpoint=os.path.join(trainer.checkpoint_dir, str(int(state.step))),
+      wall_time_s=time.time() - start)
+  if jax.process_index() == 0:
+    figure = os.path.join(stage_dir, "ecg_embeddings.png")
+    embedding_figure(figure, [("random-init ECG encoder", baseline["test_embeddings"],
+                               baseline["test_phenotypes"]),
+                              ("aligned ECG encoder", aligned["test_embeddings"],
+                               aligned["test_phenotypes"])], meta.phenotype_names)
+    with open(os.path.join(stage_dir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s)", n_test,
+                    aligned["retrieval"], baseline["retrieval"])
+    for name in meta.phenotype_names:
+      metrics_lib.log("probe R2 %-18s aligned ECG %6.3f  random ECG %6.3f  CMR %6.3f", name,
+                      results["probe_r2"]["aligned_ecg"][name],
+                      results["probe_r2"]["random_init_ecg"][name],
+                      results["probe_r2"]["cmr_encoder"][name])
+    metrics_lib.log("Wrote %s and %s", os.path.join(stage_dir, "results.json"), figure)
+  return results

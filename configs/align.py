@@ -1,0 +1,50 @@
+"""Stage 2: the ECG encoder aligned to the frozen CMR encoder (weighted InfoNCE).
+
+  python -m cardionets_jax.main --config=configs/align.py --workdir=DIR
+
+On a fresh DIR the mae stage runs first with the config in `mae_config`
+(the mae default at the same variant); `init.mae_checkpoint` points at any
+other mae checkpoint instead.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import mae as mae_configs
+
+MODELS = {
+    # PAPER.md: ViT-B, 12 leads x 2250 samples in 75-sample patches.
+    "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=75),
+    "tiny": dict(width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=150),
+}
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, variant="tiny", weighted=True, phi="pca")
+  config = common.base_config("align", arg.variant)
+  config.mae_config = mae_configs.get_config(f"variant={arg.variant}")
+  config.data = config.mae_config.data.copy_and_resolve_references()  # the same cohort
+
+  config.model = ml_collections.ConfigDict(MODELS[arg.variant])
+  config.model.num_samples = 2250        # the 9 s crop the encoder sees
+  config.model.embed_dim = 256           # shared ECG/CMR space
+  config.init = ml_collections.ConfigDict(dict(mae_checkpoint=""))  # "" = <workdir>/mae/checkpoints
+
+  config.align = ml_collections.ConfigDict(dict(
+      tau=0.05, sigma=0.5, weighted=arg.weighted,
+      phi=arg.phi,            # "pca" (of frozen CMR features; the release) or "phenotypes"
+      pca_dim=128,
+      eval_crops=3,           # crops averaged at evaluation
+      noise_std=0.0,          # Gaussian noise on the z-scored ECG, training only
+      lead_dropout=0.0,       # probability of dropping each lead, training only
+  ))
+  config.probe = ml_collections.ConfigDict(dict(alphas=(0.1, 1.0, 10.0, 100.0, 1000.0)))
+
+  if arg.variant == "base":
+    config.train.update(num_steps=20_000, batch_size=256, lr=1e-3, warmup_steps=1_000,
+                        checkpoint_every=2_000, log_every=100)
+  else:
+    config.align.pca_dim = 32
+    config.train.update(num_steps=1200, batch_size=64, lr=1e-3, warmup_steps=100,
+                        checkpoint_every=400, log_every=50)
+  return config
