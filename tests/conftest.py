@@ -14,6 +14,16 @@ from absl import flags  # noqa: E402
 jax.config.update("jax_platforms", "cpu")
 flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
 
+import tensorflow_datasets as tfds  # noqa: E402
+
+tfds.disable_progress_bar()
+
+
+def pytest_configure(config):
+  # wfdb's own use of pandas; nothing of ours.
+  config.addinivalue_line("filterwarnings", "ignore:The inplace keyword")
+  config.addinivalue_line("filterwarnings", "ignore::FutureWarning:wfdb")
+
 from configs import mae as mae_config  # noqa: E402
 
 

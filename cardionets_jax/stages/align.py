@@ -205,7 +205,8 @@ class Evaluator:
   def embeddings(self, state, split, limit=None):
     t = self.trainer
     out, kept = common.map_split(lambda b: self._embed(state.params, state.frozen, b), self.data_dir,
-                                 split, ("ecg", "lead_mask", "cmr"), t.mesh, t.rules,
+                                 common.eval_split(self.meta, split), ("ecg", "lead_mask", "cmr"),
+                                 t.mesh, t.rules,
                                  keep=("phenotypes",), limit=limit)
     return out, kept["phenotypes"]
 

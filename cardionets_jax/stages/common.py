@@ -33,6 +33,30 @@ def map_split(fn, data_dir, split, fields, mesh, rules, *, keep=(), limit=None,
   return outputs, {k: np.concatenate(v) for k, v in kept.items()}
 
 
+def available_split(meta, preferred, need_cmr=True):
+  """The first split in `preferred` that has examples (TFDS writes no empty split).
+
+  A small dataset can lack a val or test split; evaluation then falls back
+  to the next split named, and says so.
+  """
+  for split in preferred:
+    info = meta.splits.get(split)
+    if info and (info["num_with_cmr"] if need_cmr else info["num_examples"]):
+      if split != preferred[0]:
+        logging.warning("Split %r is empty: using %r in its place", preferred[0], split)
+      return split
+  raise ValueError(f"None of the splits {list(preferred)} has examples"
+                   f"{' with a cine' if need_cmr else ''}: {meta.splits}")
+
+
+FALLBACKS = {"train": ("train",), "val": ("val", "test", "train"), "test": ("test", "val", "train")}
+
+
+def eval_split(meta, name, need_cmr=True):
+  """`name` if it has examples, else the nearest stand-in (see FALLBACKS)."""
+  return available_split(meta, FALLBACKS[name], need_cmr)
+
+
 def upstream_checkpoint(config_path, workdir, stage, run_upstream):
   """The checkpoint directory of an upstream stage, training it if needed.
 

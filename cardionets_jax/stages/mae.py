@@ -127,14 +127,18 @@ class Evaluator:
     return common.map_split(fn, self.data_dir, split, ("cmr",), t.mesh, t.rules, keep=keep,
                             limit=limit)
 
+  def split(self, name):
+    return common.eval_split(self.meta, name)
+
   def reconstruction_loss(self, params, split="val"):
     """Mean per-example masked loss; the masks are fixed (the same every call)."""
+    split = self.split(split)
     rng = jax.random.PRNGKey(self.config.seed + 1)
     losses_, _ = self._map(lambda b: self._loss(params, b["cmr"], rng), split)
     return float(np.mean(losses_))
 
   def features(self, params, split, limit=None):
-    feats, kept = self._map(lambda b: self._features(params, b["cmr"]), split,
+    feats, kept = self._map(lambda b: self._features(params, b["cmr"]), self.split(split),
                             keep=("phenotypes",), limit=limit)
     return feats, kept["phenotypes"]
 
@@ -148,7 +152,8 @@ class Evaluator:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    batch, _ = next(pipeline.eval_batches(self.data_dir, "test", ("cmr",), common.EVAL_BATCH))
+    batch, _ = next(pipeline.eval_batches(self.data_dir, self.split("test"), ("cmr",),
+                                          common.EVAL_BATCH))
     t = self.trainer
     with mesh_lib.active(t.mesh, t.rules):
       dev = mesh_lib.replicated_batch(batch, t.mesh, t.rules)
