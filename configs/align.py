@@ -15,7 +15,7 @@ from configs import mae as mae_configs
 MODELS = {
     # PAPER.md: ViT-B, 12 leads x 2250 samples in 75-sample patches.
     "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=75),
-    "tiny": dict(width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=150),
+    "tiny": dict(width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=250),
 }
 
 
@@ -45,6 +45,6 @@ def get_config(arg=None):
                         checkpoint_every=2_000, log_every=100)
   else:
     config.align.pca_dim = 32
-    config.train.update(num_steps=1200, batch_size=64, lr=1e-3, warmup_steps=100,
+    config.train.update(num_steps=1000, batch_size=64, lr=1e-3, warmup_steps=100,
                         checkpoint_every=400, log_every=50)
   return config

@@ -52,7 +52,10 @@ class Attention(nn.Module):
                       jnp.float32)
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """x: (B, S, width). mask: optional boolean key mask (B, S), True where a
+    token may be attended to; masked keys get exactly zero attention weight.
+    A query whose keys are all masked gets a finite (uniform) average."""
     width = x.shape[-1]
     head_dim = width // self.num_heads
     x = x.astype(self.dtype)
@@ -62,7 +65,10 @@ class Attention(nn.Module):
       bias = self._bias(f"{n}_bias", (self.num_heads, head_dim), ("heads", "kv"))
       y = jnp.einsum("bsd,dhk->bshk", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
       qkv.append(constrain(y, "batch", "seq", "heads", "kv"))
-    y = jax.nn.dot_product_attention(*qkv)
+    if mask is not None:
+      # dot_product_attention wants a mask broadcastable to (B, heads, T, S).
+      mask = jnp.asarray(mask, bool)[:, None, None, :]
+    y = jax.nn.dot_product_attention(*qkv, mask=mask)
     y = constrain(y, "batch", "seq", "heads", "kv")
     kernel = self._kernel("out_kernel", (self.num_heads, head_dim, width), ("heads", "kv", "embed"))
     bias = self._bias("out_bias", (width,), ("embed",))
@@ -90,9 +96,11 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, mask=None):
+    """mask: optional (B, S) boolean key mask, see `Attention`."""
     drop = nn.Dropout(self.dropout, deterministic=not train)
-    x = x + drop(Attention(self.num_heads, self.dtype, name="attn")(layer_norm(self.dtype, "ln1")(x)))
+    x = x + drop(Attention(self.num_heads, self.dtype, name="attn")(layer_norm(self.dtype, "ln1")(x),
+                                                                    mask))
     x = x + drop(MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "ln2")(x)))
     return constrain(x, "batch", "seq", "embed")
 
@@ -106,9 +114,11 @@ class Transformer(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, mask=None):
+    """mask: optional (B, S) boolean key mask, see `Attention`."""
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype, name=f"block{i}")(x, train)
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype, name=f"block{i}")(
+          x, train, mask)
     return layer_norm(self.dtype, "ln_final")(x)
 
 
