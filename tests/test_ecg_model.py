@@ -7,17 +7,8 @@ import numpy as np
 import pytest
 
 from cardionets_jax.models import ecg, layers
-
-
-def vit_block_params(width, mlp):
-  attention = 4 * width * width + 4 * width
-  mlp_block = 2 * width * mlp + mlp + width
-  norms = 2 * 2 * width
-  return attention + mlp_block + norms
-
-
-def count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+from cardionets_jax.train.state import param_count as count
+from tests.test_models import vit_block_params
 
 
 def small_encoder(**kw):
