@@ -1,6 +1,9 @@
 """Metrics and probes: pure numpy functions, each tested against a reference."""
 
+import warnings
+
 import numpy as np
+from scipy import stats as _stats
 
 
 def r2_score(y_true, y_pred):
@@ -82,3 +85,443 @@ def pca_fit(x, k):
   _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
   k = min(k, vt.shape[0])
   return mean.astype(np.float32), vt[:k].T.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Stage 5 evaluation: regression and classification metrics, bootstrap CIs.
+#
+# Each metric is a scalar function of 1-D arrays. Most also carry a `rowwise`
+# attribute: the same metric along the last axis of (B, n) arrays, returning
+# (B,) and NaN (silently) where undefined. `bootstrap_ci` uses it, when every
+# array is 1-D, to score a block of resamples at once; the scalar functions
+# are thin wrappers around it, so both paths are the same arithmetic.
+# ---------------------------------------------------------------------------
+
+def _rows(x):
+  """x as float64 with a leading batch axis of one."""
+  return np.asarray(x, np.float64).reshape(1, -1)
+
+
+def _check_same_length(a, b):
+  if np.shape(a) != np.shape(b) or np.ndim(a) != 1:
+    raise ValueError(f"expected two 1-D arrays of the same length, got shapes "
+                     f"{np.shape(a)} and {np.shape(b)}")
+
+
+def _check_binary(y_true, scores):
+  _check_same_length(y_true, scores)
+  y = np.asarray(y_true)
+  if not np.isin(y, (0, 1)).all():
+    raise ValueError("y_true must hold only 0 and 1 (drop missing labels first)")
+  if np.isnan(np.asarray(scores, np.float64)).any():
+    raise ValueError("scores contain NaN")
+  return y.astype(np.float64), np.asarray(scores, np.float64)
+
+
+def _warn_one_class(fn_name, y):
+  n_pos = int(np.sum(y))
+  warnings.warn(f"{fn_name}: y_true holds only one class ({n_pos} positive of {y.size}); "
+                "the metric is undefined and NaN is returned", RuntimeWarning, stacklevel=3)
+
+
+def _divide(num, den):
+  """num / den elementwise, NaN where den == 0."""
+  num = np.asarray(num, np.float64)
+  den = np.asarray(den, np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+
+
+# Regression --------------------------------------------------------------------
+
+
+def _r2_rows(y_true, y_pred):
+  ss_res = np.sum((y_true - y_pred) ** 2, axis=-1)
+  ss_tot = np.sum((y_true - y_true.mean(axis=-1, keepdims=True)) ** 2, axis=-1)
+  constant = np.where(ss_res == 0, 1.0, 0.0)  # as r2_score for a constant target
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(ss_tot == 0, constant, 1.0 - ss_res / np.where(ss_tot == 0, 1.0, ss_tot))
+
+
+def _pearson_rows(y_true, y_pred):
+  constant = (np.all(y_true == y_true[..., :1], axis=-1) |
+              np.all(y_pred == y_pred[..., :1], axis=-1))
+  xm = y_true - y_true.mean(axis=-1, keepdims=True)
+  ym = y_pred - y_pred.mean(axis=-1, keepdims=True)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    xm = xm / np.linalg.norm(xm, axis=-1, keepdims=True)
+    ym = ym / np.linalg.norm(ym, axis=-1, keepdims=True)
+    r = np.clip(np.sum(xm * ym, axis=-1), -1.0, 1.0)
+  return np.where(constant, np.nan, r)
+
+
+def _mae_rows(y_true, y_pred):
+  return np.mean(np.abs(y_true - y_pred), axis=-1)
+
+
+def pearson_r(y_true, y_pred):
+  """Pearson correlation coefficient (scipy.stats.pearsonr's statistic).
+
+  NaN, with a RuntimeWarning, when either input is constant (every value
+  equal, including n < 2), where the coefficient is undefined.
+  """
+  y_true = np.asarray(y_true, np.float64)
+  y_pred = np.asarray(y_pred, np.float64)
+  _check_same_length(y_true, y_pred)
+  r = float(_pearson_rows(y_true[None], y_pred[None])[0]) if y_true.size else float("nan")
+  if np.isnan(r) and not (np.isnan(y_true).any() or np.isnan(y_pred).any()):
+    warnings.warn("pearson_r: an input is constant; the correlation is undefined and NaN "
+                  "is returned", RuntimeWarning, stacklevel=2)
+  return r
+
+
+def mean_absolute_error(y_true, y_pred):
+  """Mean of |y_true - y_pred| (as scikit-learn)."""
+  _check_same_length(y_true, y_pred)
+  return float(_mae_rows(_rows(y_true), _rows(y_pred))[0])
+
+
+r2_score.rowwise = _r2_rows
+pearson_r.rowwise = _pearson_rows
+mean_absolute_error.rowwise = _mae_rows
+
+
+# Classification ----------------------------------------------------------------
+
+
+def _roc_auc_rows(y_true, scores):
+  ranks = _stats.rankdata(scores, axis=-1)  # average ranks: a tie counts one half
+  n = y_true.shape[-1]
+  n_pos = y_true.sum(axis=-1)
+  n_neg = n - n_pos
+  u = np.sum(ranks * y_true, axis=-1) - n_pos * (n_pos + 1) / 2
+  return _divide(u, n_pos * n_neg)
+
+
+def _average_precision_rows(y_true, scores):
+  order = np.argsort(-scores, axis=-1, kind="stable")
+  s = np.take_along_axis(scores, order, axis=-1)
+  y = np.take_along_axis(y_true, order, axis=-1)
+  n = y.shape[-1]
+  tps = np.cumsum(y, axis=-1)
+  # A threshold per distinct score: the last position of each run of tied scores.
+  is_last = np.concatenate([s[..., :-1] != s[..., 1:], np.ones(s.shape[:-1] + (1,), bool)],
+                           axis=-1)
+  at_last = np.where(is_last, tps, 0.0)
+  # tps at the previous threshold (tps never decreases, so a running max finds it).
+  prev = np.maximum.accumulate(
+      np.concatenate([np.zeros(s.shape[:-1] + (1,)), at_last[..., :-1]], axis=-1), axis=-1)
+  precision = tps / np.arange(1, n + 1)
+  ap = np.sum(np.where(is_last, (tps - prev) * precision, 0.0), axis=-1)
+  n_pos = tps[..., -1]
+  return np.where((n_pos == 0) | (n_pos == n), np.nan, _divide(ap, n_pos))
+
+
+def roc_auc(y_true, scores):
+  """Area under the ROC curve via the Mann-Whitney U statistic.
+
+  AUROC = P(score of a random positive > score of a random negative), a tie
+  counting one half (average ranks), which equals
+  sklearn.metrics.roc_auc_score (trapezoidal area) also with tied scores.
+
+  y_true holds 0/1 (missing labels removed beforehand); scores must not be
+  NaN. With one class only the AUROC is undefined: returns NaN and issues a
+  RuntimeWarning (it does not raise, so a bootstrap or a sweep over labels
+  can carry on).
+  """
+  y, s = _check_binary(y_true, scores)
+  if y.size == 0 or y.min() == y.max():
+    _warn_one_class("roc_auc", y)
+    return float("nan")
+  return float(_roc_auc_rows(y[None], s[None])[0])
+
+
+def average_precision(y_true, scores):
+  """Average precision (area under the precision-recall curve, AUPRC).
+
+  scikit-learn's step-wise definition: over the distinct score thresholds t
+  in decreasing order, sum_k (R_k - R_{k-1}) P_k, with P, R the precision
+  and recall of `scores >= t_k` and R_0 = 0; tied scores enter together at
+  one threshold. Equals sklearn.metrics.average_precision_score.
+
+  With one class only returns NaN with a RuntimeWarning (scikit-learn instead
+  gives 0 with no positives and 1 with no negatives).
+  """
+  y, s = _check_binary(y_true, scores)
+  if y.size == 0 or y.min() == y.max():
+    _warn_one_class("average_precision", y)
+    return float("nan")
+  return float(_average_precision_rows(y[None], s[None])[0])
+
+
+roc_auc.rowwise = _roc_auc_rows
+average_precision.rowwise = _average_precision_rows
+
+
+def roc_curve(y_true, scores, drop_intermediate=False):
+  """ROC curve points: (fpr, tpr, thresholds), as sklearn.metrics.roc_curve.
+
+  thresholds are np.inf followed by every distinct score in decreasing
+  order; the point at threshold t is for predictions `scores >= t` (the inf
+  point is (0, 0)). By default every distinct threshold is kept
+  (scikit-learn's drop_intermediate=False); drop_intermediate=True drops the
+  collinear points exactly as scikit-learn's default does. With one class the
+  undefined rate (fpr with no negatives, tpr with no positives) is all NaN,
+  with a RuntimeWarning.
+  """
+  y, s = _check_binary(y_true, scores)
+  if y.size == 0:
+    raise ValueError("roc_curve of empty arrays")
+  order = np.argsort(-s, kind="stable")
+  s, y = s[order], y[order]
+  last = np.r_[np.nonzero(np.diff(s))[0], y.size - 1]
+  tps = np.cumsum(y)[last]
+  fps = (last + 1) - tps
+  thresholds = s[last]
+  if drop_intermediate and fps.size > 2:
+    keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+    tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
+  tps = np.r_[0.0, tps]
+  fps = np.r_[0.0, fps].astype(np.float64)
+  thresholds = np.r_[np.inf, thresholds]
+  if fps[-1] == 0 or tps[-1] == 0:
+    _warn_one_class("roc_curve", y)
+  fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+  tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+  return fpr, tpr, thresholds
+
+
+def youden_threshold(y_true, scores):
+  """Threshold maximising Youden's J = sensitivity + specificity - 1.
+
+  Candidates are the distinct observed scores; predictions are
+  `scores >= threshold`. Among thresholds with equal J the highest is taken
+  (fewest positive calls). Choose it on validation data and apply it,
+  unchanged, to the test set. One class only: NaN with a RuntimeWarning.
+  """
+  y, s = _check_binary(y_true, scores)
+  if y.size == 0 or y.min() == y.max():
+    _warn_one_class("youden_threshold", y)
+    return float("nan")
+  fpr, tpr, thresholds = roc_curve(y, s)
+  j = (tpr - fpr)[1:]  # the inf point (nothing called positive) is not a candidate
+  return float(thresholds[1:][np.argmax(j)])
+
+
+_BINARY_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
+
+
+def _binary_rows(y_true, scores, threshold):
+  """The _BINARY_KEYS metrics along the last axis: (..., 6)."""
+  pred = scores >= threshold
+  pos = y_true == 1
+  tp = np.sum(pred & pos, axis=-1)
+  fp = np.sum(pred & ~pos, axis=-1)
+  fn = np.sum(~pred & pos, axis=-1)
+  tn = np.sum(~pred & ~pos, axis=-1)
+  return np.stack([_divide(tp, tp + fn), _divide(tn, tn + fp), _divide(tp, tp + fp),
+                   _divide(tn, tn + fn), _divide(2 * tp, 2 * tp + fp + fn),
+                   _divide(tp + tn, tp + tn + fp + fn)], axis=-1)
+
+
+def binary_metrics(y_true, scores, threshold):
+  """Metrics of the predictions `scores >= threshold` against 0/1 y_true.
+
+  Returns dict(sensitivity (recall), specificity, ppv (precision), npv, f1,
+  accuracy); a zero denominator (e.g. ppv with no positive calls) gives NaN
+  without a warning.
+  """
+  y, s = _check_binary(y_true, scores)
+  values = _binary_rows(y, s, threshold)
+  return {k: float(v) for k, v in zip(_BINARY_KEYS, values)}
+
+
+# Bootstrap ---------------------------------------------------------------------
+
+
+def _resample_blocks(n, n_boot, seed, block_elements=1 << 20):
+  """Blocks of bootstrap index rows (b, n), drawn one resample at a time.
+
+  Each resample is its own rng.integers call, so the indices depend only on
+  (n, n_boot, seed), never on the block size.
+  """
+  rng = np.random.default_rng(seed)
+  per_block = max(1, min(n_boot, block_elements // max(n, 1)))
+  done = 0
+  while done < n_boot:
+    b = min(per_block, n_boot - done)
+    yield np.stack([rng.integers(0, n, size=n) for _ in range(b)])
+    done += b
+
+
+def _bootstrap_samples(stat_rows, arrays, n_boot, seed):
+  """stat_rows(*resampled arrays, each (b, n, ...)) -> (b, K), over all resamples."""
+  n = len(arrays[0])
+  if any(len(a) != n for a in arrays):
+    raise ValueError("every array must index the same subjects (same length)")
+  out = []
+  for idx in _resample_blocks(n, n_boot, seed):
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+      warnings.simplefilter("ignore")  # NaN resamples are counted, not warned about
+      out.append(np.asarray(stat_rows(*[a[idx] for a in arrays]), np.float64).reshape(len(idx), -1))
+  return np.concatenate(out, axis=0)
+
+
+def _percentile_ci(value, samples, alpha):
+  valid = samples[~np.isnan(samples)]
+  if valid.size == 0:
+    low = high = float("nan")
+  else:
+    low, high = (float(q) for q in np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)]))
+  return dict(value=float(value), low=low, high=high, n_boot_valid=int(valid.size))
+
+
+def _nan_ci():
+  return dict(value=float("nan"), low=float("nan"), high=float("nan"), n_boot_valid=0)
+
+
+def _metric_rows(metric_fn, arrays):
+  """A (b, n, ...) -> (b, 1) evaluator for metric_fn: its `rowwise` if usable, else a loop."""
+  rowwise = getattr(metric_fn, "rowwise", None)
+  if rowwise is not None and all(a.ndim == 1 for a in arrays):
+    return lambda *blocks: rowwise(*[np.asarray(b, np.float64) for b in blocks])[:, None]
+  return lambda *blocks: np.array([[metric_fn(*[b[i] for b in blocks])]
+                                   for i in range(len(blocks[0]))], np.float64)
+
+
+def bootstrap_ci(metric_fn, arrays, n_boot=1000, alpha=0.05, seed=0):
+  """Percentile bootstrap confidence interval of metric_fn(*arrays).
+
+  arrays: a tuple of arrays indexed by subject along their first axis.
+  Subjects are resampled with replacement, the same indices for every array;
+  the metric is recomputed on each of n_boot resamples (np.random.default_rng(
+  seed), so the result is deterministic) and the (alpha/2, 1 - alpha/2)
+  percentiles (numpy's linear interpolation) of the resampled values form the
+  interval. Resamples where the metric is NaN (e.g. one class only for
+  roc_auc) are skipped; n_boot_valid counts the others, and low/high are NaN
+  if there are none.
+
+  A metric_fn with a `rowwise` attribute (the metrics of this module) is
+  evaluated on blocks of resamples at once; any other callable is called once
+  per resample (warnings it raises on resamples are silenced).
+
+  Returns dict(value=metric on the full data, low, high, n_boot_valid).
+  """
+  arrays = tuple(np.asarray(a) for a in arrays)
+  if len(arrays[0]) == 0:
+    return _nan_ci()
+  value = metric_fn(*arrays)
+  samples = _bootstrap_samples(_metric_rows(metric_fn, arrays), arrays, n_boot, seed)
+  return _percentile_ci(value, samples[:, 0], alpha)
+
+
+def paired_bootstrap_diff(metric_fn, arrays_a, arrays_b, n_boot=1000, alpha=0.05, seed=0):
+  """Bootstrap CI of metric_fn(*arrays_a) - metric_fn(*arrays_b).
+
+  arrays_a and arrays_b index the same subjects (e.g. (y, scores of method
+  A)) and (y, scores of method B)); each resample draws one set of subjects
+  and scores both methods on it, so the interval accounts for the pairing.
+  A CI entirely above zero supports "A beats B". Same conventions and return
+  dict as bootstrap_ci; a resample is skipped when either metric is NaN.
+  """
+  arrays_a = tuple(np.asarray(a) for a in arrays_a)
+  arrays_b = tuple(np.asarray(a) for a in arrays_b)
+  if len(arrays_a[0]) == 0:
+    return _nan_ci()
+  value = metric_fn(*arrays_a) - metric_fn(*arrays_b)
+  rows_a = _metric_rows(metric_fn, arrays_a)
+  rows_b = _metric_rows(metric_fn, arrays_b)
+  k = len(arrays_a)
+  samples = _bootstrap_samples(lambda *blocks: rows_a(*blocks[:k]) - rows_b(*blocks[k:]),
+                               arrays_a + arrays_b, n_boot, seed)
+  return _percentile_ci(value, samples[:, 0], alpha)
+
+
+# Reports -----------------------------------------------------------------------
+
+
+def regression_report(y_true, y_pred, names=None, n_boot=1000, seed=0, alpha=0.05):
+  """Per-phenotype R2, Pearson r and MAE with bootstrap CIs.
+
+  y_true: (N, P) with NaN where missing; y_pred: (N, P). Rows missing for a
+  phenotype are dropped for it alone. Returns {name: {"r2": ci, "pearson_r":
+  ci, "mae": ci, "n": count}} with each ci a bootstrap_ci dict; the three
+  metrics of a phenotype share the same resamples (each equals
+  bootstrap_ci(metric, (y_true[m, j], y_pred[m, j]), n_boot, alpha, seed)).
+  """
+  y_true = np.asarray(y_true, np.float64)
+  y_pred = np.asarray(y_pred, np.float64)
+  if y_true.shape != y_pred.shape or y_true.ndim != 2:
+    raise ValueError(f"expected (N, P) y_true and y_pred, got {y_true.shape} and {y_pred.shape}")
+  names = list(names) if names is not None else [str(j) for j in range(y_true.shape[1])]
+  metrics = (("r2", r2_score), ("pearson_r", pearson_r), ("mae", mean_absolute_error))
+  stat_rows = lambda yt, yp: np.stack([fn.rowwise(yt, yp) for _, fn in metrics], axis=-1)
+  out = {}
+  for j, name in enumerate(names):
+    keep = ~np.isnan(y_true[:, j])
+    yt, yp = y_true[keep, j], y_pred[keep, j]
+    entry = dict(n=int(keep.sum()))
+    if yt.size == 0:
+      entry.update({key: _nan_ci() for key, _ in metrics})
+    else:
+      samples = _bootstrap_samples(stat_rows, (yt, yp), n_boot, seed)
+      for k, (key, fn) in enumerate(metrics):
+        entry[key] = _percentile_ci(fn(yt, yp), samples[:, k], alpha)
+    out[name] = entry
+  return out
+
+
+def classification_report(y_true, scores, names=None, thresholds=None, n_boot=1000, seed=0,
+                          alpha=0.05):
+  """Per-label AUROC, AUPRC and threshold metrics, each with a bootstrap CI.
+
+  y_true: (N, L) of 1, 0, or -1 (or NaN) where missing; scores: (N, L);
+  thresholds: (L,) decision thresholds chosen on validation data (e.g. by
+  youden_threshold), applied as `scores >= threshold`; None skips the
+  threshold metrics. Returns {name: {"auroc": ci, "auprc": ci, "threshold":
+  t, "sensitivity": ci, "specificity": ci, "ppv": ci, "npv": ci, "f1": ci,
+  "accuracy": ci, "n": count, "n_positive": positives}} where every ci is a
+  bootstrap_ci dict (the threshold metrics too, the threshold held fixed).
+  All metrics of a label share the same resamples, which are those of
+  bootstrap_ci with the same n_boot and seed. A label with one class in its
+  non-missing rows gets NaN AUROC/AUPRC (with the metrics' warning).
+  """
+  y_true = np.asarray(y_true, np.float64)
+  scores = np.asarray(scores, np.float64)
+  if y_true.shape != scores.shape or y_true.ndim != 2:
+    raise ValueError(f"expected (N, L) y_true and scores, got {y_true.shape} and {scores.shape}")
+  names = list(names) if names is not None else [str(j) for j in range(y_true.shape[1])]
+  if thresholds is not None:
+    thresholds = np.broadcast_to(np.asarray(thresholds, np.float64), (y_true.shape[1],))
+  out = {}
+  for j, name in enumerate(names):
+    keep = (y_true[:, j] == 0) | (y_true[:, j] == 1)
+    yt, s = y_true[keep, j], scores[keep, j]
+    entry = dict(n=int(keep.sum()), n_positive=int(yt.sum()))
+    t = float("nan") if thresholds is None else float(thresholds[j])
+    use_t = thresholds is not None and not np.isnan(t)
+    if thresholds is not None:
+      entry["threshold"] = t
+    keys = ("auroc", "auprc") + (_BINARY_KEYS if thresholds is not None else ())
+    if yt.size == 0:
+      entry.update({key: _nan_ci() for key in keys})
+      out[name] = entry
+      continue
+
+    def stat_rows(yb, sb, t=t, use_t=use_t):
+      cols = [_roc_auc_rows(yb, sb)[:, None], _average_precision_rows(yb, sb)[:, None]]
+      if use_t:
+        cols.append(_binary_rows(yb, sb, t))
+      elif thresholds is not None:
+        cols.append(np.full((len(yb), len(_BINARY_KEYS)), np.nan))
+      return np.concatenate(cols, axis=-1)
+
+    samples = _bootstrap_samples(stat_rows, (yt, s), n_boot, seed)
+    values = [roc_auc(yt, s), average_precision(yt, s)]
+    if thresholds is not None:
+      point = binary_metrics(yt, s, t) if use_t else dict.fromkeys(_BINARY_KEYS, float("nan"))
+      values += [point[key] for key in _BINARY_KEYS]
+    for k, key in enumerate(keys):
+      entry[key] = _percentile_ci(values[k], samples[:, k], alpha)
+    out[name] = entry
+  return out
