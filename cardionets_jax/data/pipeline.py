@@ -7,6 +7,7 @@ that reads `cmr` sees only the subjects that have a cine.
 """
 
 import dataclasses
+import hashlib
 
 import grain
 import jax
@@ -28,6 +29,23 @@ def _has_cmr(example):
   return bool(example["has_cmr"])
 
 
+def in_subset(subject_id: bytes, fraction, seed):
+  """Whether a subject is in the seeded `fraction` subset (decided by subject, not row)."""
+  if fraction >= 1.0:
+    return True
+  digest = hashlib.sha256(b"%d:" % seed + bytes(subject_id)).digest()
+  return int.from_bytes(digest[:8], "little") / 2.0**64 < fraction
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepSubset(grain.transforms.Filter):
+  fraction: float
+  seed: int
+
+  def filter(self, example):
+    return in_subset(example["subject_id"], self.fraction, self.seed)
+
+
 def _dataset(directory, split, fields):
   meta = records.DatasetMeta.load(directory)
   ds = grain.MapDataset.source(records.data_source(directory, split))
@@ -40,12 +58,18 @@ def _dataset(directory, split, fields):
 
 
 def train_iterator(directory, split, fields, global_batch, *, seed, worker_count=0,
-                   worker_buffer_size=2, read_threads=2):
-  """An endless, checkpointable iterator of per-host batches (dicts of numpy)."""
+                   worker_buffer_size=2, read_threads=2, subset=(1.0, 0)):
+  """An endless, checkpointable iterator of per-host batches (dicts of numpy).
+
+  `subset=(fraction, seed)` trains on a seeded fraction of the subjects
+  (label-fraction experiments).
+  """
   process_count = jax.process_count()
   if global_batch % process_count:
     raise ValueError(f"Batch {global_batch} does not split over {process_count} processes")
   ds = _dataset(directory, split, fields)
+  if subset[0] < 1.0:
+    ds = ds.filter(KeepSubset(*subset))
   ds = ds[jax.process_index()::process_count]  # each host reads its own subjects
   ds = ds.shuffle(seed=seed).repeat().map(SelectFields(tuple(fields)))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=16))

@@ -2,7 +2,7 @@
 
 import importlib
 
-STAGES = ("mae", "align")
+STAGES = ("mae", "align", "finetune")
 
 
 def get(name):

@@ -28,7 +28,12 @@ class Task:
   loss_fn: Callable                      # (params, frozen, batch, rng) -> (loss, scalar metrics)
   fields: tuple                          # dataset fields the loss reads
   init_frozen: Optional[Callable] = None  # () -> boxed frozen tree (shapes and shardings)
-  load_frozen: Optional[Callable] = None  # (abstract frozen tree with shardings, mesh, rules) -> values
+  # Upstream weights: (abstract tree with shardings, mesh, rules) -> {top-level key: values}; the
+  # keys returned replace those of the freshly initialised frozen tree / params.
+  load_frozen: Optional[Callable] = None
+  load_params: Optional[Callable] = None
+  lr_scales: Optional[Callable] = None    # params -> tree of per-leaf LR factors (layer decay)
+  subset: tuple = (1.0, 0)                # (fraction, seed) of training subjects used
 
 
 @dataclasses.dataclass
@@ -50,14 +55,19 @@ class Trainer:
     cfg = self.config
     self.mesh = mesh_lib.make_mesh(cfg.mesh)
     self.rules = mesh_lib.axis_rules(cfg.mesh)
-    self.tx, self.schedule = state_lib.make_optimizer(cfg.train)
+    self.tx, self.schedule = state_lib.make_optimizer(cfg.train, self.task.lr_scales)
     metrics_lib.log("Devices: %d x %s over %d process(es); mesh %s", jax.device_count(),
                     jax.devices()[0].device_kind, jax.process_count(), dict(self.mesh.shape))
     self.state, self.shardings, self.abstract_params = state_lib.create_state(
         self.task.init_params, self.tx, cfg.seed, self.mesh, self.rules, self.task.init_frozen)
     if self.task.load_frozen is not None:
       abstract = ckpt_lib.abstract_with_shardings(self.state.frozen, self.shardings.frozen)
-      self.state = self.state.replace(frozen=self.task.load_frozen(abstract, self.mesh, self.rules))
+      loaded = self.task.load_frozen(abstract, self.mesh, self.rules)
+      self.state = self.state.replace(frozen={**self.state.frozen, **loaded})
+    if self.task.load_params is not None:
+      abstract = ckpt_lib.abstract_with_shardings(self.state.params, self.shardings.params)
+      loaded = self.task.load_params(abstract, self.mesh, self.rules)
+      self.state = self.state.replace(params={**self.state.params, **loaded})
     for line in state_lib.param_table(self.abstract_params):
       metrics_lib.log("params  %s", line)
 
@@ -66,13 +76,17 @@ class Trainer:
     return os.path.join(self.stage_dir, "checkpoints")
 
   def fit(self, on_eval: Optional[Callable] = None):
-    """Trains to config.train.num_steps, resuming from the latest checkpoint."""
+    """Trains to config.train.num_steps, resuming from the latest checkpoint.
+
+    `on_eval(state, step, writer)` runs every train.eval_every steps; when it
+    returns True (early stopping) training ends there, with a checkpoint.
+    """
     cfg, tcfg = self.config, self.config.train
     fields = tuple(self.task.fields) + ("subject_id",)
     data_iter = pipeline.train_iterator(
         self.data_dir, "train", fields, tcfg.batch_size, seed=cfg.data.shuffle_seed + cfg.seed,
         worker_count=cfg.data.worker_count, worker_buffer_size=cfg.data.worker_buffer_size,
-        read_threads=cfg.data.read_threads)
+        read_threads=cfg.data.read_threads, subset=self.task.subset)
     ckpt = ckpt_lib.Checkpointer(self.checkpoint_dir, keep=tcfg.keep_checkpoints)
     latest = ckpt.latest_step()
     if latest is not None:
@@ -123,11 +137,14 @@ class Trainer:
           pending.append((step, metrics, ids))
           if step % tcfg.log_every == 0 or step == tcfg.num_steps or step == 1:
             flush()
-          if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps:
+          stop = (on_eval is not None and tcfg.eval_every and step % tcfg.eval_every == 0
+                  and on_eval(self.state, step, writer))
+          if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or stop:
             flush()  # never checkpoint past a NaN
             ckpt.save(step, self.state, data_iter, cfg)
-          if on_eval is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
-            on_eval(self.state, step, writer)
+          if stop:
+            metrics_lib.log("Early stop at step %d", step)
+            break
     finally:
       ckpt.wait()
       ckpt.close()

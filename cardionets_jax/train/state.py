@@ -34,8 +34,25 @@ def make_schedule(train_config):
       decay_steps=max(train_config.num_steps, warmup + 1), end_value=lr * train_config.min_lr_ratio)
 
 
-def make_optimizer(train_config):
-  """AdamW on a warm-up + cosine schedule; no decay on biases, norms, embeddings' 1-D params."""
+def scale_by_tree(scales_fn):
+  """Multiplies each leaf's update by a fixed factor (layer-wise LR decay)."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    scales = scales_fn(updates)
+    return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(train_config, lr_scales=None):
+  """AdamW on a warm-up + cosine schedule; no decay on biases, norms, embeddings' 1-D params.
+
+  `lr_scales(params)` may give a per-leaf factor on the step (layer-wise decay).
+  """
   schedule = make_schedule(train_config)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   parts = []
@@ -43,6 +60,8 @@ def make_optimizer(train_config):
     parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
   parts.append(optax.adamw(schedule, b1=train_config.b1, b2=train_config.b2,
                            weight_decay=train_config.weight_decay, mask=decay_mask))
+  if lr_scales is not None:
+    parts.append(scale_by_tree(lr_scales))
   return optax.chain(*parts), schedule
 
 

@@ -1,0 +1,414 @@
+"""Stage 5: phenotype regression and disease screening, with the paper's evaluation.
+
+Each method is an encoder + two linear heads (phenotypes, z-scored; disease
+logits), trained on a seeded fraction of the training subjects, early-stopped
+on the validation split and evaluated on the test split:
+
+  aligned  the ECG encoder from the align stage
+  scratch  the same ECG encoder from random init
+  cmr      the mae CMR encoder on the true cine (the upper bound)
+
+`mode=linear` freezes the encoder (a linear probe); `mode=full` fine-tunes it
+with layer-wise LR decay. Results of all methods go into one table.
+"""
+
+import csv
+import json
+import os
+import re
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from cardionets_jax import evaluate
+from cardionets_jax.data import datasets
+from cardionets_jax.models import layers
+from cardionets_jax.stages import align
+from cardionets_jax.stages import common
+from cardionets_jax.stages import mae
+from cardionets_jax.train import checkpoint as ckpt_lib
+from cardionets_jax.train import loop
+from cardionets_jax.train import metrics as metrics_lib
+
+INITS = ("aligned", "scratch", "cmr")
+
+
+class Finetuner(nn.Module):
+  """An encoder (ECG or CMR) and linear phenotype and disease heads."""
+  encoder: nn.Module
+  num_phenotypes: int
+  num_labels: int
+  input: str = "ecg"
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.phenotype_head = layers.logical_dense(max(self.num_phenotypes, 1), ("embed", None),
+                                               dtype=self.dtype)
+    self.disease_head = layers.logical_dense(max(self.num_labels, 1), ("embed", None),
+                                             dtype=self.dtype)
+
+  def features(self, x, lead_mask=None, train=False):
+    if self.input == "ecg":
+      return self.encoder(x, lead_mask, train)
+    return self.encoder(x, train)
+
+  def heads(self, features):
+    return (self.phenotype_head(features).astype(jnp.float32),
+            self.disease_head(features).astype(jnp.float32))
+
+  def __call__(self, x, lead_mask=None, train=False):
+    return self.heads(self.features(x, lead_mask, train))
+
+
+def method_name(init, mode, fraction, seed):
+  return f"{init}-{mode}-labels{fraction:g}-seed{seed}"
+
+
+def masked_losses(phen_pred, logits, phenotypes_z, labels):
+  """Mean squared error over present phenotypes; BCE over present labels."""
+  present = ~jnp.isnan(phenotypes_z)
+  sq = jnp.where(present, jnp.square(phen_pred - jnp.nan_to_num(phenotypes_z)), 0.0)
+  phen_loss = jnp.sum(sq) / jnp.maximum(jnp.sum(present), 1)
+  known = labels >= 0
+  bce = optax.sigmoid_binary_cross_entropy(logits, jnp.clip(labels, 0, 1).astype(jnp.float32))
+  disease_loss = jnp.sum(jnp.where(known, bce, 0.0)) / jnp.maximum(jnp.sum(known), 1)
+  return phen_loss, disease_loss
+
+
+class Method:
+  """One (init, mode, label fraction, seed): its task, training and predictions."""
+
+  def __init__(self, config, init, fraction, seed, workdir, data_dir, meta):
+    if init not in INITS:
+      raise ValueError(f"finetune.inits holds {init!r}; known: {INITS}")
+    self.config, self.init, self.fraction, self.seed = config, init, fraction, seed
+    self.mode = config.finetune.mode
+    self.name = method_name(init, self.mode, fraction, seed)
+    self.workdir, self.data_dir, self.meta = workdir, data_dir, meta
+    self.stage_dir = os.path.join(workdir, "finetune", self.name)
+    acfg = config.align_config
+    dtype = jnp.dtype(config.train.compute_dtype)
+    self.input = "cmr" if init == "cmr" else "ecg"
+    encoder = (mae.build_encoder(acfg.mae_config, dtype) if self.input == "cmr"
+               else align.build_ecg_encoder(acfg, dtype))
+    self.depth = encoder.depth
+    self.model = Finetuner(encoder, len(meta.phenotype_names), len(meta.label_names), self.input,
+                           dtype)
+    self.phen_mean = np.asarray(meta.phenotype_mean, np.float32)
+    self.phen_std = np.asarray(meta.phenotype_std, np.float32)
+
+  @property
+  def fields(self):
+    data = ("ecg", "lead_mask") if self.input == "ecg" else ("cmr",)
+    return data + ("phenotypes", "labels")
+
+  def _dummy(self):
+    c = self.config
+    if self.input == "ecg":
+      return (jnp.zeros((1, 12, c.align_config.model.num_samples)), jnp.ones((1, 12), jnp.uint8))
+    return (jnp.zeros((1, c.data.cmr_frames, c.data.cmr_size, c.data.cmr_size), jnp.uint8), None)
+
+  def _init_all(self, rng):
+    return self.model.init(rng, *self._dummy())["params"]
+
+  def task(self):
+    linear = self.mode == "linear"
+    weights = self.config.finetune
+    model, acfg = self.model, self.config.align_config
+
+    def init_params(rng):
+      params = self._init_all(rng)
+      return {k: v for k, v in params.items() if not (linear and k == "encoder")}
+
+    def init_frozen():
+      return {"encoder": self._init_all(jax.random.PRNGKey(0))["encoder"]} if linear else {}
+
+    def loss_fn(params, frozen, batch, rng):
+      variables = {**jax.lax.stop_gradient(frozen), **params}
+      if self.input == "ecg":
+        ecg, lead_mask = align.augment(batch["ecg"], batch["lead_mask"], rng, acfg)
+        phen, logits = model.apply({"params": variables}, ecg, lead_mask, train=True)
+      else:
+        phen, logits = model.apply({"params": variables}, batch["cmr"], train=True)
+      z = (batch["phenotypes"] - self.phen_mean) / self.phen_std
+      phen_loss, disease_loss = masked_losses(phen, logits, z, batch["labels"])
+      loss = 0.0
+      if "phenotypes" in weights.tasks:
+        loss += weights.phenotype_weight * phen_loss
+      if "disease" in weights.tasks:
+        loss += weights.disease_weight * disease_loss
+      return loss, dict(phenotype_loss=phen_loss, disease_loss=disease_loss)
+
+    load = None if self.init == "scratch" else (
+        lambda abstract, mesh, rules: {"encoder": self._upstream_encoder(abstract["encoder"])})
+    lr_scales = None
+    if not linear and self.config.finetune.layer_decay < 1.0:
+      lr_scales = self._layer_decay_scales
+    return loop.Task(init_params=init_params, loss_fn=loss_fn, fields=self.fields,
+                     init_frozen=init_frozen, load_frozen=load if linear else None,
+                     load_params=None if linear else load, lr_scales=lr_scales,
+                     subset=(self.fraction, self.seed))
+
+  def _layer_decay_scales(self, params):
+    """decay^(depth + 1 - layer): embeddings layer 0, block i layer i + 1, heads depth + 1."""
+    decay, depth = self.config.finetune.layer_decay, self.depth
+
+    def scale(path, leaf):
+      keys = [getattr(k, "key", str(k)) for k in path]
+      if not keys or keys[0] != "encoder":
+        layer = depth + 1
+      else:
+        block = next((int(m.group(1)) for k in keys if (m := re.fullmatch(r"block(\d+)", k))), None)
+        layer = block + 1 if block is not None else (depth + 1 if "ln_final" in keys else 0)
+      return jnp.asarray(decay ** (depth + 1 - layer), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+  def _upstream_encoder(self, abstract_encoder):
+    from cardionets_jax import stages
+    cfg, workdir = self.config, self.workdir
+    align_ckpt = common.upstream_checkpoint(
+        cfg.init.align_checkpoint, workdir, "align",
+        lambda: stages.get("align").run(cfg.align_config, workdir))
+    if self.init == "aligned":
+      restored, step = ckpt_lib.restore_subtree(align_ckpt, ("params", "ecg_encoder"), abstract_encoder)
+      source = align_ckpt
+    else:
+      source = cfg.init.mae_checkpoint or cfg.align_config.init.mae_checkpoint or os.path.join(
+          workdir, "mae", "checkpoints")
+      restored, step = ckpt_lib.restore_subtree(source, ("params", "encoder"), abstract_encoder)
+    metrics_lib.log("%s: encoder from %s (step %d)", self.name, source, step)
+    return restored
+
+  # ---- evaluation ----------------------------------------------------------------------------
+
+  def predictor(self):
+    model, acfg = self.model, self.config.align_config
+
+    def predict(variables, batch):
+      if self.input == "ecg":
+        feats = [model.apply({"params": variables}, crop, batch["lead_mask"], method=model.features)
+                 for crop in align.eval_crops(batch["ecg"], acfg.model.num_samples,
+                                              acfg.align.eval_crops)]
+        feats = jnp.mean(jnp.stack(feats), axis=0)
+      else:
+        feats = model.apply({"params": variables}, batch["cmr"], method=model.features)
+      phen, logits = model.apply({"params": variables}, feats, method=model.heads)
+      return phen, jax.nn.sigmoid(logits)
+
+    return jax.jit(predict)
+
+  def predictions(self, predict, variables, split, trainer):
+    (phen_z, probs), kept = common.map_split(
+        lambda b: predict(variables, b), self.data_dir, common.eval_split(self.meta, split),
+        self.fields[:-2], trainer.mesh, trainer.rules, keep=("phenotypes", "labels"))
+    return dict(phenotypes_pred=phen_z * self.phen_std + self.phen_mean, probs=probs,
+                phenotypes=kept["phenotypes"], labels=kept["labels"])
+
+  def validation_score(self, preds):
+    """Mean R2 (phenotypes) + mean AUROC (diseases): what early stopping maximises."""
+    tasks, score = self.config.finetune.tasks, 0.0
+    if "phenotypes" in tasks:
+      r2 = [evaluate.r2_score(t[~np.isnan(t)], p[~np.isnan(t)])
+            for t, p in zip(preds["phenotypes"].T, preds["phenotypes_pred"].T) if (~np.isnan(t)).sum() > 1]
+      score += float(np.mean(r2)) if r2 else 0.0
+    if "disease" in tasks:
+      import warnings
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auc = [evaluate.roc_auc(y[y >= 0], s[y >= 0])
+               for y, s in zip(preds["labels"].T, preds["probs"].T)]
+      auc = [a for a in auc if np.isfinite(a)]
+      score += float(np.mean(auc)) if auc else 0.0
+    return score
+
+  def run(self):
+    """Trains (or resumes), keeps the best validation params, evaluates on test."""
+    cfg = self.config.copy_and_resolve_references()
+    cfg.seed = self.seed
+    trainer = loop.Trainer(cfg, self.stage_dir, self.data_dir, self.task())
+    predict = self.predictor()
+    best_dir = os.path.join(self.stage_dir, "best")
+    checkpointer = ocp.StandardCheckpointer()
+    best = dict(score=-np.inf, step=0, stale=0)
+    best_file = os.path.join(self.stage_dir, "best.json")
+    if os.path.exists(best_file):
+      with open(best_file) as f:
+        best.update(json.load(f))
+
+    def variables(state):
+      return {**state.frozen, **state.params}
+
+    def on_eval(state, step, writer):
+      score = self.validation_score(self.predictions(predict, variables(state), "val", trainer))
+      writer.write(step, {"score": score}, split="val")
+      if score > best["score"]:
+        best.update(score=score, step=step, stale=0)
+        checkpointer.save(best_dir, jax.device_get(variables(state)), force=True)
+        checkpointer.wait_until_finished()
+      else:
+        best["stale"] += 1
+      if jax.process_index() == 0:
+        with open(best_file, "w") as f:
+          json.dump(best, f)
+      return best["stale"] >= self.config.finetune.patience
+
+    state = trainer.fit(on_eval)
+    final = variables(state)
+    if os.path.exists(best_dir) and best["step"]:
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), final)
+      final = checkpointer.restore(best_dir, abstract)
+    else:
+      best["step"] = int(state.step)
+    val = self.predictions(predict, final, "val", trainer)
+    test = self.predictions(predict, final, "test", trainer)
+    return val, test, best["step"]
+
+
+def report_method(method, val, test, meta, n_boot):
+  """Test metrics with bootstrap CIs; thresholds chosen on validation (Youden)."""
+  import warnings
+  out = dict(init=method.init, mode=method.mode, label_fraction=method.fraction, seed=method.seed)
+  out["phenotypes"] = evaluate.regression_report(test["phenotypes"], test["phenotypes_pred"],
+                                                 meta.phenotype_names, n_boot=n_boot, seed=method.seed)
+  thresholds = []
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    for j in range(len(meta.label_names)):
+      known = val["labels"][:, j] >= 0
+      y, s = val["labels"][known, j], val["probs"][known, j]
+      thresholds.append(evaluate.youden_threshold(y, s) if len(np.unique(y)) == 2 else 0.5)
+  out["diseases"] = evaluate.classification_report(test["labels"], test["probs"], meta.label_names,
+                                                   np.asarray(thresholds), n_boot=n_boot,
+                                                   seed=method.seed)
+  return out
+
+
+def _value(d):
+  return d["value"] if isinstance(d, dict) else d
+
+
+def summary_table(results, meta):
+  """Rows: phenotypes (R2) and diseases (AUROC); columns: methods. Seeds are averaged."""
+  groups = {}
+  for name, r in results.items():
+    groups.setdefault(f"{r['init']}-{r['mode']}@{r['label_fraction']:g}", []).append(r)
+  rows = []
+  for p in meta.phenotype_names:
+    rows.append((f"{p} R2", {g: [r["phenotypes"][p]["r2"] for r in rs] for g, rs in groups.items()}))
+  for d in meta.label_names:
+    rows.append((f"{d} AUROC", {g: [r["diseases"][d]["auroc"] for r in rs] for g, rs in groups.items()}))
+  mean_r2 = {g: [{"value": float(np.nanmean([_value(r["phenotypes"][p]["r2"]) for p in meta.phenotype_names]))}
+                 for r in rs] for g, rs in groups.items()}
+  rows.insert(len(meta.phenotype_names), ("mean phenotype R2", mean_r2))
+  return list(groups), rows
+
+
+def _cell(cis):
+  values = [_value(c) for c in cis]
+  if len(cis) == 1 and "low" in cis[0]:
+    c = cis[0]
+    return f"{c['value']:.3f} ({c['low']:.3f}-{c['high']:.3f})"
+  if len(values) > 1:
+    return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}"
+  return f"{values[0]:.3f}"
+
+
+def write_tables(stage_dir, results, meta):
+  columns, rows = summary_table(results, meta)
+  lines = ["| target | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+  for label, cells in rows:
+    lines.append(f"| {label} | " + " | ".join(_cell(cells[c]) for c in columns) + " |")
+  with open(os.path.join(stage_dir, "results.md"), "w") as f:
+    f.write("Test split; 95% bootstrap CIs over subjects (one seed) or mean ± sd over seeds.\n\n")
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(stage_dir, "results.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["method", "init", "mode", "label_fraction", "seed", "target", "metric", "value",
+                "low", "high"])
+    for name, r in results.items():
+      head = [name, r["init"], r["mode"], r["label_fraction"], r["seed"]]
+      for kind in ("phenotypes", "diseases"):
+        for target, metrics in r[kind].items():
+          for metric, v in metrics.items():
+            if isinstance(v, dict) and "value" in v:
+              w.writerow(head + [target, metric, v["value"], v.get("low"), v.get("high")])
+  return "\n".join(lines)
+
+
+def write_figures(stage_dir, test_preds, meta):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  n = len(meta.label_names)
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+  for j, name in enumerate(meta.label_names):
+    ax = axes[0, j]
+    for method, p in test_preds.items():
+      known = p["labels"][:, j] >= 0
+      y, s = p["labels"][known, j], p["probs"][known, j]
+      if len(np.unique(y)) < 2:
+        continue
+      fpr, tpr, _ = evaluate.roc_curve(y, s)
+      ax.plot(fpr, tpr, label=f"{method} (AUROC {evaluate.roc_auc(y, s):.2f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(title=name, xlabel="1 - specificity", ylabel="sensitivity")
+    ax.legend(fontsize=6, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(os.path.join(stage_dir, "roc_curves.png"), dpi=110)
+  plt.close(fig)
+
+  method, p = next(iter(test_preds.items()))
+  names = meta.phenotype_names
+  cols = min(4, len(names))
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+  for j, name in enumerate(names):
+    ax = axes[j // cols, j % cols]
+    t, q = p["phenotypes"][:, j], p["phenotypes_pred"][:, j]
+    ok = ~np.isnan(t)
+    ax.scatter(t[ok], q[ok], s=6)
+    lo, hi = np.nanmin(t), np.nanmax(t)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    unit = meta.phenotype_units[j]
+    ax.set_title(f"{name} (R2 {evaluate.r2_score(t[ok], q[ok]):.2f})", fontsize=8)
+    ax.set_xlabel(f"true [{unit}]", fontsize=7), ax.set_ylabel(f"predicted [{unit}]", fontsize=7)
+  for j in range(len(names), rows * cols):
+    axes[j // cols, j % cols].axis("off")
+  fig.suptitle(f"Held-out predictions: {method}", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(stage_dir, "phenotype_scatter.png"), dpi=110)
+  plt.close(fig)
+
+
+def run(config, workdir):
+  start = time.time()
+  stage_dir = os.path.join(workdir, "finetune")
+  data_dir, meta = datasets.resolve(config, workdir)
+  f = config.finetune
+  results, test_preds = {}, {}
+  for fraction in f.label_fractions:
+    for seed in f.seeds:
+      for init in f.inits:
+        method = Method(config, init, fraction, seed, workdir, data_dir, meta)
+        metrics_lib.log("Fine-tuning %s", method.name)
+        val, test, best_step = method.run()
+        results[method.name] = dict(report_method(method, val, test, meta, f.n_boot),
+                                    best_step=best_step)
+        test_preds.setdefault(method.name, test)
+  out = dict(stage="finetune", variant=config.variant, tasks=list(f.tasks), methods=results,
+             wall_time_s=time.time() - start)
+  if jax.process_index() == 0:
+    os.makedirs(stage_dir, exist_ok=True)
+    with open(os.path.join(stage_dir, "results.json"), "w") as fh:
+      json.dump(out, fh, indent=2)
+    table = write_tables(stage_dir, results, meta)
+    write_figures(stage_dir, test_preds, meta)
+    metrics_lib.log("Fine-tuning results (test split):\n%s", table)
+    metrics_lib.log("Wrote %s/results.{json,csv,md}, roc_curves.png, phenotype_scatter.png", stage_dir)
+  return out

@@ -1,0 +1,48 @@
+"""Stage 5: phenotype regression and disease screening from the ECG.
+
+  python -m cardionets_jax.main --config=configs/finetune.py --workdir=DIR
+  python -m cardionets_jax.main --config=configs/finetune.py:sweep=true --workdir=DIR
+
+One run trains and evaluates every method in `finetune.inits` (the aligned
+ECG encoder, the same encoder from scratch, and the CMR encoder on the true
+cine as the upper bound) at every label fraction and seed listed, and
+gathers one table. Missing upstream stages (mae, align) run first.
+"""
+
+import ml_collections
+
+from configs import align as align_configs
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, variant="tiny", mode="full", sweep=False)
+  config = common.base_config("finetune", arg.variant)
+  config.align_config = align_configs.get_config(f"variant={arg.variant}")
+  config.data = config.align_config.data.copy_and_resolve_references()
+  config.init = ml_collections.ConfigDict(dict(align_checkpoint="", mae_checkpoint=""))
+
+  config.finetune = ml_collections.ConfigDict(dict(
+      tasks=("phenotypes", "disease"),   # heads trained together on one encoder
+      inits=("aligned", "scratch", "cmr"),
+      mode=arg.mode,                      # "full" fine-tuning or "linear" probe (frozen encoder)
+      layer_decay=0.75,                   # full mode: LR x decay^(depth - layer); 1.0 disables
+      label_fractions=(0.1,),             # of training subjects, chosen by subject and seeded
+      seeds=(0,),
+      phenotype_weight=1.0,
+      disease_weight=1.0,
+      patience=5,                         # evaluations without improvement before stopping
+      n_boot=1000,
+  ))
+  if arg.sweep:
+    config.finetune.update(label_fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2))
+
+  if arg.variant == "base":
+    # PAPER.md: AdamW, base LR 1e-3, weight decay 0.05, batch 16.
+    config.train.update(num_steps=20_000, batch_size=16, lr=1e-3, lr_scale_batch=256,
+                        warmup_steps=1_000, eval_every=500, checkpoint_every=2_000,
+                        log_every=100)
+  else:
+    config.train.update(num_steps=300, batch_size=32, lr=1e-3, warmup_steps=30, eval_every=50,
+                        checkpoint_every=300, log_every=50)
+  return config

@@ -1,0 +1,95 @@
+"""The finetune stage: losses, label subsets, layer decay, and the whole chain on a fresh workdir."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cardionets_jax.data import pipeline
+from cardionets_jax.stages import finetune
+from tests.conftest import TINY_MAE_FLAGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_masked_losses_match_numpy():
+  rng = np.random.default_rng(0)
+  pred, z = rng.normal(size=(2, 6, 3)).astype(np.float32)
+  z[0, 1] = np.nan
+  z[4, :] = np.nan
+  logits = rng.normal(size=(6, 2)).astype(np.float32)
+  labels = np.array([[1, 0], [0, -1], [-1, -1], [1, 1], [0, 0], [1, -1]], np.int8)
+  phen, dis = finetune.masked_losses(pred, logits, z, labels)
+  ok = ~np.isnan(z)
+  np.testing.assert_allclose(phen, np.mean((pred[ok] - z[ok]) ** 2), rtol=1e-6)
+  known = labels >= 0
+  p = 1 / (1 + np.exp(-logits[known].astype(np.float64)))
+  y = labels[known]
+  np.testing.assert_allclose(dis, np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))), rtol=1e-5)
+
+
+def test_label_subsets_are_by_subject_seeded_and_nested_in_size():
+  ids = [f"S{i}".encode() for i in range(4000)]
+  ten = {i for i in ids if pipeline.in_subset(i, 0.1, 0)}
+  assert 340 < len(ten) < 460
+  assert ten == {i for i in ids if pipeline.in_subset(i, 0.1, 0)}       # deterministic
+  assert ten != {i for i in ids if pipeline.in_subset(i, 0.1, 1)}       # seeded
+  assert ten <= {i for i in ids if pipeline.in_subset(i, 0.5, 0)}       # fractions nest
+  assert all(pipeline.in_subset(i, 1.0, 3) for i in ids[:10])
+
+
+def test_layer_decay_scales():
+  from configs import finetune as ft_configs
+  config = ft_configs.get_config()
+  config.finetune.layer_decay = 0.5
+  meta = type("Meta", (), dict(phenotype_names=["a"], phenotype_units=["mL"], label_names=["x"],
+                               phenotype_mean=[0.0], phenotype_std=[1.0]))()
+  method = finetune.Method(config, "scratch", 1.0, 0, "/unused", "/unused", meta)
+  depth = method.depth
+  params = nn.unbox(method._init_all(jax.random.PRNGKey(0)))
+  scales = method._layer_decay_scales(jax.tree.map(jnp.asarray, params))
+  assert float(scales["phenotype_head"]["kernel"]) == 1.0
+  assert float(scales["encoder"]["transformer"]["ln_final"]["scale"]) == 1.0
+  assert float(scales["encoder"]["transformer"][f"block{depth - 1}"]["mlp"]["fc1"]["kernel"]) == 0.5
+  assert float(scales["encoder"]["transformer"]["block0"]["mlp"]["fc1"]["kernel"]) == 0.5 ** depth
+  assert float(scales["encoder"]["patch_embed"]["kernel"]) == 0.5 ** (depth + 1)
+
+
+def test_finetune_on_a_fresh_workdir_runs_mae_and_align_first(tmp_path):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  mae = [f.replace("--config.", "--config.align_config.mae_config.") for f in TINY_MAE_FLAGS
+         if "batch_size" not in f and "warmup" not in f]
+  ecg = [f"--config.align_config.model.{k}" for k in ("width=32", "depth=1", "num_heads=2", "mlp_dim=64")]
+  data = [f"--config.{prefix}data.{k}" for prefix in ("", "align_config.", "align_config.mae_config.")
+          for k in ("cmr_frames=10", "cmr_size=16", "num_subjects=160")]
+  steps = ["--config.align_config.mae_config.train.num_steps=4",
+           "--config.align_config.mae_config.train.batch_size=8",
+           "--config.align_config.train.num_steps=4", "--config.align_config.train.batch_size=8",
+           "--config.align_config.align.pca_dim=8", "--config.train.num_steps=6",
+           "--config.train.batch_size=8", "--config.train.eval_every=3",
+           "--config.finetune.label_fractions=(0.5,)", "--config.finetune.n_boot=50"]
+  cmd = [sys.executable, "-m", "cardionets_jax.main", "--config=configs/finetune.py",
+         f"--workdir={tmp_path}"]
+  result = subprocess.run(cmd + mae + ecg + data + steps, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert "No finished align stage" in result.stderr
+  for stage in ("mae", "align"):
+    assert os.path.exists(tmp_path / stage / "results.json")
+  out = tmp_path / "finetune"
+  with open(out / "results.json") as f:
+    results = json.load(f)
+  assert set(results["methods"]) == {f"{i}-full-labels0.5-seed0" for i in ("aligned", "scratch", "cmr")}
+  method = results["methods"]["aligned-full-labels0.5-seed0"]
+  assert set(method["phenotypes"]["lvef"]) >= {"r2", "pearson_r", "mae", "n"}
+  auroc = method["diseases"]["cardiomyopathy"]["auroc"]
+  assert auroc["low"] <= auroc["value"] <= auroc["high"]
+  for name in ("results.md", "results.csv", "roc_curves.png", "phenotype_scatter.png"):
+    assert os.path.exists(out / name), name
+  assert "mean phenotype R2" in (out / "results.md").read_text()
