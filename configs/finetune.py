@@ -43,6 +43,6 @@ def get_config(arg=None):
                         warmup_steps=1_000, eval_every=500, checkpoint_every=2_000,
                         log_every=100)
   else:
-    config.train.update(num_steps=300, batch_size=32, lr=1e-3, warmup_steps=30, eval_every=50,
+    config.train.update(num_steps=300, batch_size=32, lr=3e-4, warmup_steps=30, eval_every=50,
                         checkpoint_every=300, log_every=50)
   return config

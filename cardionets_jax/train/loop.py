@@ -143,7 +143,9 @@ class Trainer:
             flush()  # never checkpoint past a NaN
             ckpt.save(step, self.state, data_iter, cfg)
           if stop:
-            metrics_lib.log("Early stop at step %d", step)
+            if step < tcfg.num_steps:
+              metrics_lib.log("Early stop at step %d: no better validation score in the last "
+                              "evaluations", step)
             break
     finally:
       ckpt.wait()
