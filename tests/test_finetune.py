@@ -93,3 +93,21 @@ def test_finetune_on_a_fresh_workdir_runs_mae_and_align_first(tmp_path):
   for name in ("results.md", "results.csv", "roc_curves.png", "phenotype_scatter.png"):
     assert os.path.exists(out / name), name
   assert "mean phenotype R2" in (out / "results.md").read_text()
+
+
+def test_summary_table_averages_seeds_and_shows_cis():
+  meta = type("Meta", (), dict(phenotype_names=["lvef"], label_names=["cm"]))()
+  ci = lambda v: {"value": v, "low": v - 0.1, "high": v + 0.1, "n_boot_valid": 10}
+  results = {}
+  for init, r2s in (("aligned", (0.5, 0.7)), ("scratch", (0.2,))):
+    for seed, r2 in enumerate(r2s):
+      results[f"{init}-{seed}"] = dict(init=init, mode="full", label_fraction=0.1, seed=seed,
+                                      phenotypes={"lvef": {"r2": ci(r2)}},
+                                      diseases={"cm": {"auroc": ci(0.9)}})
+  columns, rows = finetune.summary_table(results, meta)
+  assert columns == ["aligned-full@0.1", "scratch-full@0.1"]
+  cells = {label: {c: finetune._cell(v[c]) for c in columns} for label, v in rows}
+  assert cells["lvef R2"] == {"aligned-full@0.1": "0.600 ± 0.100",
+                              "scratch-full@0.1": "0.200 (0.100-0.300)"}
+  assert cells["mean phenotype R2"]["scratch-full@0.1"] == "0.200"
+  assert list(cells) == ["lvef R2", "mean phenotype R2", "cm AUROC"]
