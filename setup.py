@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "matplotlib>=3.9",
+    "imageio>=2.30",  # GIFs of cines
 ]
 
 setuptools.setup(

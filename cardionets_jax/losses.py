@@ -142,3 +142,59 @@ def weighted_info_nce(ecg_emb, cmr_emb, phi=None, *, tau=0.05, sigma=0.5, weight
       "mean_weight": mean_w,
   }
   return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# Stage 3: the 3-D KL-VAE and its adversarial terms.
+
+
+def kl_divergence(mean, logvar):
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, float32 (B,).
+
+  0.5 * sum(mean^2 + exp(logvar) - 1 - logvar) over every non-batch axis.
+  """
+  mean = jnp.asarray(mean, jnp.float32)
+  logvar = jnp.asarray(logvar, jnp.float32)
+  per_dim = jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar
+  return 0.5 * jnp.sum(per_dim, axis=tuple(range(1, per_dim.ndim)))
+
+
+def vae_loss(recon, target, mean, logvar, kl_weight, recon_reduction="mean"):
+  """L1 reconstruction + kl_weight * KL, float32. Returns (loss, metrics).
+
+  recon, target: (B, ...) in the same scale ([-1, 1]); mean, logvar: the
+  posterior (B, ...). KL is summed over latent dims and averaged over the
+  batch, as in LDM. The L1 term:
+    "mean": mean over batch and pixels (loss = l1 + kl_weight * kl);
+    "sum":  summed over pixels and averaged over the batch, LDM's own
+            AutoencoderKL loss (with its learned log-variance fixed at 0).
+  The two differ by the pixel count N per example: a kl_weight w under
+  "sum" equals w / N under "mean" (LDM's 1e-6 on a (50, 96, 96) cine is
+  ~2.2e-12 with "mean"). metrics: l1 (always the per-pixel mean), kl (batch
+  mean of the per-example KL), loss.
+  """
+  recon = jnp.asarray(recon, jnp.float32)
+  target = jnp.asarray(target, jnp.float32)
+  abs_err = jnp.abs(recon - target)
+  l1 = jnp.mean(abs_err)
+  if recon_reduction == "mean":
+    rec = l1
+  elif recon_reduction == "sum":
+    rec = jnp.sum(abs_err) / abs_err.shape[0]
+  else:
+    raise ValueError(f"recon_reduction must be 'mean' or 'sum', got {recon_reduction!r}")
+  kl = jnp.mean(kl_divergence(mean, logvar))
+  loss = rec + jnp.float32(kl_weight) * kl
+  return loss, {"loss": loss, "l1": l1, "kl": kl}
+
+
+def hinge_d_loss(logits_real, logits_fake):
+  """Discriminator hinge loss: 0.5 * (mean relu(1 - real) + mean relu(1 + fake)), float32."""
+  real = jnp.asarray(logits_real, jnp.float32)
+  fake = jnp.asarray(logits_fake, jnp.float32)
+  return 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake)))
+
+
+def generator_adv_loss(logits_fake):
+  """The generator's adversarial loss against a hinge discriminator: -mean(logits_fake)."""
+  return -jnp.mean(jnp.asarray(logits_fake, jnp.float32))

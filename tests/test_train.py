@@ -61,8 +61,8 @@ def test_gradient_accumulation_equals_one_big_batch():
   batch = {"x": rng.normal(size=(16, 5)).astype(np.float32),
            "y": rng.normal(size=(16,)).astype(np.float32)}
 
-  def loss_fn(params, frozen, b, rng):
-    del frozen, rng
+  def loss_fn(params, frozen, b, rng, step):
+    del frozen, rng, step
     return jnp.mean((b["x"] @ params["w"] + params["b"] - b["y"]) ** 2), {}
 
   tx = optax.sgd(0.1)

@@ -137,7 +137,7 @@ def make_task(config, workdir=None, data_dir=None, meta=None):
                 pca_mean=jnp.zeros((width,)), pca_components=jnp.eye(width, k),
                 phen_mean=jnp.zeros((num_phenotypes,)), phen_std=jnp.ones((num_phenotypes,)))
 
-  def loss_fn(params, frozen, batch, rng):
+  def loss_fn(params, frozen, batch, rng, step):
     ecg, lead_mask = augment(batch["ecg"], batch["lead_mask"], rng, config)
     cmr_features = jax.lax.stop_gradient(
         cmr_encoder.apply({"params": frozen["cmr_encoder"]}, batch["cmr"]))

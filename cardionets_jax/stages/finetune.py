@@ -128,7 +128,7 @@ class Method:
     def init_frozen():
       return {"encoder": self._init_all(jax.random.PRNGKey(0))["encoder"]} if linear else {}
 
-    def loss_fn(params, frozen, batch, rng):
+    def loss_fn(params, frozen, batch, rng, step):
       variables = {**jax.lax.stop_gradient(frozen), **params}
       if self.input == "ecg":
         ecg, lead_mask = align.augment(batch["ecg"], batch["lead_mask"], rng, acfg)

@@ -70,8 +70,8 @@ def per_example_loss(model, config, params, video, rng):
 def make_task(config):
   model = build_model(config)
 
-  def loss_fn(params, frozen, batch, rng):
-    del frozen
+  def loss_fn(params, frozen, batch, rng, step):
+    del frozen, step
     pred, mask = model.apply({"params": params}, batch["cmr"], train=True, rngs={"mask": rng})
     target = vit.patchify(vit.cmr_to_float(batch["cmr"]), model.encoder.patch)
     return losses.mae_loss(pred, target, mask, config.mae.norm_pix_loss), {}

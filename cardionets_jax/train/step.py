@@ -23,32 +23,35 @@ def split_microbatches(x, num):
 def make_train_step(loss_fn, tx, schedule, grad_accum_steps=1):
   """Builds `step(state, batch) -> (state, metrics)`.
 
-  `loss_fn(params, frozen, batch, rng) -> (loss, metrics)` where metrics are
-  scalars. With grad_accum_steps > 1 the batch is cut into micro-batches whose
+  `loss_fn(params, frozen, batch, rng, step) -> (loss, metrics)` where
+  metrics are scalars and `step` is the (traced) step number, for terms that
+  switch on during training. With grad_accum_steps > 1 the batch is cut into micro-batches whose
   gradients are averaged in a `lax.scan`, so memory holds one micro-batch.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def grads_and_metrics(params, frozen, batch, rng):
-    (loss, metrics), grads = grad_fn(params, frozen, batch, rng)
+  def grads_and_metrics(params, frozen, batch, rng, step):
+    (loss, metrics), grads = grad_fn(params, frozen, batch, rng, step)
     return grads, dict(metrics, loss=loss)
 
   def step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum_steps == 1:
-      grads, metrics = grads_and_metrics(state.params, state.frozen, batch, rng)
+      grads, metrics = grads_and_metrics(state.params, state.frozen, batch, rng, state.step)
     else:
       micro = jax.tree.map(lambda x: split_microbatches(x, grad_accum_steps), batch)
 
       def body(acc, xs):
         mb, i = xs
         mb = jax.tree.map(constrain_batch, mb)
-        out = grads_and_metrics(state.params, state.frozen, mb, jax.random.fold_in(rng, i))
+        out = grads_and_metrics(state.params, state.frozen, mb, jax.random.fold_in(rng, i),
+                                state.step)
         return jax.tree.map(jnp.add, acc, out), None
 
       first = jax.tree.map(lambda x: x[0], micro)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                           jax.eval_shape(grads_and_metrics, state.params, state.frozen, first, rng))
+                           jax.eval_shape(grads_and_metrics, state.params, state.frozen, first, rng,
+                                          state.step))
       (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum_steps)))
       grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
