@@ -2,7 +2,7 @@
 
 import importlib
 
-STAGES = ("mae", "align", "finetune")
+STAGES = ("mae", "align", "finetune", "vae")
 
 
 def get(name):

@@ -1,0 +1,188 @@
+"""Stage 3: the 3D KL-VAE that compresses a cine into the latent the generator models.
+
+Loss: L1 + KL (small weight) + a hinge adversarial term from a 3D patch
+discriminator, switched on at `vae.adv_start`. The discriminator trains in
+the same step under the same optimizer: stop-gradients keep each term to its
+own network. Hands on `params/vae` through its Orbax checkpoint.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cardionets_jax import image_metrics
+from cardionets_jax import losses
+from cardionets_jax.data import datasets
+from cardionets_jax.data import pipeline
+from cardionets_jax.models import vae3d
+from cardionets_jax.models import vit
+from cardionets_jax.stages import common
+from cardionets_jax.train import loop
+from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import metrics as metrics_lib
+
+DATA_RANGE = 2.0  # cines live in [-1, 1]
+
+
+def cmr_shape(config):
+  return (config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
+
+
+def build_vae(config):
+  m = config.model
+  return vae3d.VAE3D(base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
+                     num_res_blocks=m.num_res_blocks, latent_channels=m.latent_channels,
+                     temporal_down=tuple(m.temporal_down), dtype=jnp.dtype(config.train.compute_dtype))
+
+
+def build_discriminator(config):
+  return vae3d.PatchDiscriminator3D(channels=config.vae.disc_channels,
+                                    num_layers=config.vae.disc_layers,
+                                    dtype=jnp.dtype(config.train.compute_dtype))
+
+
+def example_spec(config):
+  return {"cmr": (cmr_shape(config), jnp.uint8)}
+
+
+def perceptual_loss(recon, target):
+  """Where a perceptual network (LPIPS-style, pretrained) would plug in.
+
+  Pretrained weights cannot ship with this project, so the term is off by
+  default (`vae.perceptual_weight=0`); a user with such a network computes a
+  feature distance here.
+  """
+  raise NotImplementedError(
+      "vae.perceptual_weight > 0 needs a pretrained perceptual network: implement "
+      "cardionets_jax.stages.vae.perceptual_loss with one")
+
+
+def make_task(config):
+  vae, disc = build_vae(config), build_discriminator(config)
+  v = config.vae
+
+  def init_params(rng):
+    video = jnp.zeros((1,) + cmr_shape(config), jnp.uint8)
+    vae_rng, disc_rng = jax.random.split(rng)
+    params = {"vae": vae.init({"params": vae_rng, "sample": vae_rng}, video)["params"]}
+    if v.adv_weight > 0:
+      params["disc"] = disc.init(disc_rng, vit.cmr_to_float(video))["params"]
+    return params
+
+  def loss_fn(params, frozen, batch, rng, step):
+    del frozen
+    target = vit.cmr_to_float(batch["cmr"])
+    recon, posterior = vae.apply({"params": params["vae"]}, batch["cmr"], rngs={"sample": rng})
+    loss, metrics = losses.vae_loss(recon, target, posterior.mean, posterior.logvar, v.kl_weight)
+    if v.perceptual_weight > 0:
+      loss = loss + v.perceptual_weight * perceptual_loss(recon, target)
+    if v.adv_weight > 0:
+      on = (step >= v.adv_start).astype(jnp.float32)
+      fake_for_g = disc.apply({"params": jax.lax.stop_gradient(params["disc"])}, recon)
+      g_loss = losses.generator_adv_loss(fake_for_g)
+      d_loss = losses.hinge_d_loss(disc.apply({"params": params["disc"]}, target),
+                                   disc.apply({"params": params["disc"]}, jax.lax.stop_gradient(recon)))
+      loss = loss + on * (v.adv_weight * g_loss + d_loss)
+      metrics = dict(metrics, g_loss=g_loss, d_loss=d_loss)
+    return loss, metrics
+
+  return vae, loop.Task(init_params=init_params, loss_fn=loss_fn, fields=("cmr",))
+
+
+class Evaluator:
+  """Held-out reconstruction PSNR / SSIM (per frame, averaged) and latent statistics."""
+
+  def __init__(self, config, vae, trainer, data_dir, meta):
+    self.config, self.vae, self.trainer, self.data_dir, self.meta = config, vae, trainer, data_dir, meta
+
+    def reconstruct(params, video):
+      posterior = vae.apply({"params": params}, video, method=vae.encode)
+      recon = jnp.clip(vae.apply({"params": params}, posterior.mean, method=vae.decode), -1, 1)
+      target = vit.cmr_to_float(video)
+      return (recon, image_metrics.cine_psnr(recon, target, DATA_RANGE),
+              image_metrics.cine_ssim(recon, target, DATA_RANGE), posterior.mean)
+
+    self._reconstruct = jax.jit(reconstruct)
+
+  def evaluate(self, params, split="test"):
+    t = self.trainer
+    (_, psnr, ssim, latent), _ = common.map_split(
+        lambda b: self._reconstruct(params["vae"], b["cmr"]), self.data_dir,
+        common.eval_split(self.meta, split), ("cmr",), t.mesh, t.rules,
+        batch_size=16)
+    return dict(psnr=float(np.mean(psnr)), ssim=float(np.mean(ssim)),
+                latent_mean=float(np.mean(latent)), latent_std=float(np.std(latent)),
+                n=int(len(psnr)))
+
+  def figures(self, params, stage_dir, num_subjects=3, num_frames=6):
+    import imageio.v2 as imageio
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t = self.trainer
+    batch, _ = next(pipeline.eval_batches(self.data_dir, common.eval_split(self.meta, "test"),
+                                          ("cmr",), 16))
+    with mesh_lib.active(t.mesh, t.rules):
+      recon, *_ = self._reconstruct(params["vae"], jnp.asarray(batch["cmr"]))
+    original = np.asarray(vit.cmr_to_float(batch["cmr"]))
+    recon = np.asarray(recon)
+    frames = np.linspace(0, original.shape[1] - 1, num_frames).astype(int)
+    fig, axes = plt.subplots(2 * num_subjects, num_frames,
+                             figsize=(1.5 * num_frames, 1.6 * 2 * num_subjects))
+    for s in range(num_subjects):
+      for r, (title, arr) in enumerate((("original", original), ("reconstructed", recon))):
+        for c, f in enumerate(frames):
+          ax = axes[2 * s + r, c]
+          ax.imshow(arr[s, f], cmap="gray", vmin=-1, vmax=1)
+          ax.set_xticks([]), ax.set_yticks([])
+          if c == 0:
+            ax.set_ylabel(title, fontsize=7)
+          if s == 0 and r == 0:
+            ax.set_title(f"frame {f}", fontsize=7)
+    fig.suptitle("3D-VAE on held-out subjects", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(stage_dir, "reconstructions.png"), dpi=110)
+    plt.close(fig)
+    # Original | reconstruction side by side, one GIF frame per cine frame.
+    pair = np.concatenate([original[:num_subjects], recon[:num_subjects]], axis=3)
+    pair = np.concatenate(list(pair), axis=1)                      # subjects stacked vertically
+    gif = ((np.clip(pair, -1, 1) + 1) * 127.5).astype(np.uint8)
+    imageio.mimsave(os.path.join(stage_dir, "reconstructions.gif"), list(gif), duration=0.08, loop=0)
+
+
+def run(config, workdir):
+  start = time.time()
+  stage_dir = os.path.join(workdir, "vae")
+  data_dir, meta = datasets.resolve(config, workdir)
+  vae, task = make_task(config)
+  trainer = loop.Trainer(config, stage_dir, data_dir, task)
+  evaluator = Evaluator(config, vae, trainer, data_dir, meta)
+  initial = evaluator.evaluate(trainer.state.params, "val")
+  metrics_lib.log("Before training: held-out PSNR %.2f dB, SSIM %.3f", initial["psnr"], initial["ssim"])
+
+  def on_eval(state, step, writer):
+    result = evaluator.evaluate(state.params, "val")
+    writer.write(step, {k: result[k] for k in ("psnr", "ssim")}, split="val")
+    metrics_lib.log("step %d: held-out PSNR %.2f dB, SSIM %.3f", step, result["psnr"], result["ssim"])
+
+  state = trainer.fit(on_eval)
+  final = evaluator.evaluate(state.params, "test")
+  results = dict(stage="vae", variant=config.variant, step=int(state.step),
+                 latent_shape=list(vae3d.latent_shape(cmr_shape(config), tuple(config.model.channel_mult),
+                                                      tuple(config.model.temporal_down),
+                                                      config.model.latent_channels)),
+                 heldout_initial_val=initial, heldout_test=final,
+                 checkpoint=os.path.join(trainer.checkpoint_dir, str(int(state.step))),
+                 wall_time_s=time.time() - start)
+  if jax.process_index() == 0:
+    evaluator.figures(state.params, stage_dir)
+    with open(os.path.join(stage_dir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    metrics_lib.log("Held-out reconstruction: PSNR %.2f dB, SSIM %.3f (before training %.2f dB, %.3f); "
+                    "latent mean %.3f std %.3f", final["psnr"], final["ssim"], initial["psnr"],
+                    initial["ssim"], final["latent_mean"], final["latent_std"])
+  return results

@@ -1,0 +1,45 @@
+"""Stage 3: the 3D KL-VAE for cine CMR.
+
+  python -m cardionets_jax.main --config=configs/vae.py --workdir=DIR
+"""
+
+import ml_collections
+
+from configs import common
+from configs import mae as mae_configs
+
+MODELS = {
+    # PAPER.md: base channels 128, multipliers (1, 2, 4, 4), 8x spatial and 2x temporal
+    # down-sampling, 16 latent channels: (50, 96, 96) -> (25, 12, 12, 16).
+    "base": dict(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
+                 latent_channels=16, temporal_down=(True, False, False)),
+    # The tiny cohort's 25 frames are odd: no temporal down-sampling; 4x spatial.
+    "tiny": dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, latent_channels=8,
+                 temporal_down=(False, False)),
+}
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, variant="tiny")
+  config = common.base_config("vae", arg.variant)
+  config.data = mae_configs.get_config(f"variant={arg.variant}").data  # the same cohort
+  config.model = ml_collections.ConfigDict(MODELS[arg.variant])
+  config.vae = ml_collections.ConfigDict(dict(
+      kl_weight=1e-6,
+      adv_weight=0.05,         # hinge GAN term from a 3D patch discriminator ...
+      adv_start=10_001,        # ... switched on at this step (PAPER.md)
+      disc_channels=64,
+      disc_layers=3,
+      # A perceptual (LPIPS-style) term needs pretrained weights this project cannot ship;
+      # `stages/vae.py::perceptual_loss` is where such a network plugs in. Off by default.
+      perceptual_weight=0.0,
+  ))
+  config.train.weight_decay = 0.0
+  if arg.variant == "base":
+    config.train.update(num_steps=50_000, batch_size=32, lr=1e-4, warmup_steps=1_000,
+                        checkpoint_every=2_000, log_every=100, eval_every=5_000)
+  else:
+    config.vae.update(adv_start=600, disc_channels=16, disc_layers=2)
+    config.train.update(num_steps=900, batch_size=16, lr=1e-3, warmup_steps=50,
+                        checkpoint_every=300, log_every=50, eval_every=300)
+  return config
