@@ -70,7 +70,8 @@ class DatasetMeta:
 
 def dataset_dir(directory):
   """The TFDS version directory inside `directory` (or `directory` itself)."""
-  for candidate in (directory, os.path.join(directory, NAME, VERSION)):
+  names = [NAME] + (sorted(os.listdir(directory)) if os.path.isdir(directory) else [])
+  for candidate in [directory] + [os.path.join(directory, n, VERSION) for n in names]:
     if os.path.exists(os.path.join(candidate, "dataset_info.json")):
       return candidate
   raise FileNotFoundError(
@@ -129,7 +130,7 @@ class CardionetsDataset(tfds.core.GeneratorBasedBuilder):
     """Yields (key, example); tracks what the metadata needs as it goes."""
     phenotypes, with_cmr = [], 0
     for example in self._split_examples[split]():
-      with_cmr += int(example["has_cmr"])
+      with_cmr += int(example.get("has_cmr", 0))
       if split == "train":
         phenotypes.append(example["phenotypes"])
       yield example["subject_id"], example
@@ -141,21 +142,39 @@ class CardionetsDataset(tfds.core.GeneratorBasedBuilder):
     self.info.metadata.update(self._meta)
 
 
+class CardionetsTokens(CardionetsDataset):
+  """Per-subject VAE latents and aligned ECG embeddings (the tokenize stage)."""
+
+
+def token_features(latent_shape, embed_dim, num_phenotypes, num_labels):
+  t = tfds.features.Tensor
+  return tfds.features.FeaturesDict({
+      "subject_id": tfds.features.Text(),
+      "latent_mean": t(shape=tuple(latent_shape), dtype=np.float32),
+      "latent_logvar": t(shape=tuple(latent_shape), dtype=np.float32),
+      "ecg_embedding": t(shape=(embed_dim,), dtype=np.float32),
+      "phenotypes": t(shape=(num_phenotypes,), dtype=np.float32),
+      "labels": t(shape=(num_labels,), dtype=np.int8),
+  })
+
+
 def write_dataset(out_dir, split_examples: dict[str, Callable[[], Iterable[dict]]], meta: DatasetMeta,
-                  num_shards=None):
+                  num_shards=None, feature_dict=None, builder_cls=CardionetsDataset):
   """Writes a dataset under `out_dir`; returns its TFDS directory.
 
   `split_examples[split]()` yields example dicts (the fields above, with
-  `subject_id` a str). Phenotype statistics come from the train split.
+  `subject_id` a str, unless `feature_dict` says otherwise). Phenotype
+  statistics come from the train split.
   """
   shapes = meta.shapes
-  feature_dict = features(shapes["ecg"][1], shapes["cmr"][1], len(meta.phenotype_names),
-                          len(meta.label_names))
+  if feature_dict is None:
+    feature_dict = features(shapes["ecg"][1], shapes["cmr"][1], len(meta.phenotype_names),
+                            len(meta.label_names))
   meta_dict = {k: v for k, v in dataclasses.asdict(meta).items() if k != "splits" and v is not None}
-  builder = CardionetsDataset(split_examples=split_examples, feature_dict=feature_dict,
-                              meta=meta_dict, data_dir=out_dir, file_format="array_record")
+  builder = builder_cls(split_examples=split_examples, feature_dict=feature_dict,
+                        meta=meta_dict, data_dir=out_dir, file_format="array_record")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=num_shards))
-  return os.path.join(out_dir, NAME, VERSION)
+  return os.path.join(out_dir, builder.name, VERSION)
 
 
 def empty_cmr(cmr_size):

@@ -2,7 +2,7 @@
 
 import importlib
 
-STAGES = ("mae", "align", "finetune", "vae")
+STAGES = ("mae", "align", "finetune", "vae", "tokenize")
 
 
 def get(name):
