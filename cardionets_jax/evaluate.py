@@ -17,13 +17,6 @@ def r2_score(y_true, y_pred):
   return float(1.0 - ss_res / ss_tot)
 
 
-def standardize(train, *others):
-  mean = train.mean(axis=0)
-  std = train.std(axis=0)
-  std = np.where(std > 0, std, 1.0)
-  return [(x - mean) / std for x in (train,) + others]
-
-
 def ridge_fit(x, y, alpha):
   """Ridge regression with an unpenalised intercept; returns (w, b).
 
@@ -37,6 +30,39 @@ def ridge_fit(x, y, alpha):
   return w, y_mean - x_mean @ w
 
 
+def fit_ridge_probe(train, val, alphas):
+  """Per target, a ridge map from standardised features, alpha chosen on val by R2.
+
+  train/val: (features (n, d), targets (n, P) with NaN where missing).
+  Returns `predict(features) -> (n, P)` (NaN for a target too sparse to fit)
+  and the chosen alphas (P,).
+  """
+  (xtr, ytr), (xva, yva) = train, val
+  xtr, xva = np.asarray(xtr, np.float64), np.asarray(xva, np.float64)
+  mean, std = xtr.mean(0), xtr.std(0)
+  std = np.where(std > 0, std, 1.0)
+  xtr, xva = (xtr - mean) / std, (xva - mean) / std
+  fits = []
+  for j in range(ytr.shape[1]):
+    tr, va = ~np.isnan(ytr[:, j]), ~np.isnan(yva[:, j])
+    if tr.sum() < 2 or va.sum() < 2:
+      fits.append(None)
+      continue
+    best = None
+    for alpha in alphas:
+      w, b = ridge_fit(xtr[tr], ytr[tr, j], alpha)
+      score = r2_score(yva[va, j], xva[va] @ w + b)
+      if best is None or score > best[0]:
+        best = (score, float(alpha), w, b)
+    fits.append(best[1:])
+
+  def predict(x):
+    x = (np.asarray(x, np.float64) - mean) / std
+    return np.stack([x @ f[1] + f[2] if f else np.full(len(x), np.nan) for f in fits], axis=1)
+
+  return predict, np.array([f[0] if f else np.nan for f in fits])
+
+
 def ridge_probe(train, val, test, alphas, names=None):
   """Linear probe: features -> each target, alpha chosen on val by R2.
 
@@ -44,25 +70,18 @@ def ridge_probe(train, val, test, alphas, names=None):
   missing). Features are standardised with train statistics. Returns a dict
   {name: {"r2": test R2, "alpha": chosen alpha, "n_test": count}}.
   """
-  (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
-  xtr, xva, xte = standardize(np.asarray(xtr, np.float64), np.asarray(xva, np.float64),
-                              np.asarray(xte, np.float64))
-  names = names or [str(i) for i in range(ytr.shape[1])]
+  predict, alphas_chosen = fit_ridge_probe(train, val, alphas)
+  xte, yte = test
+  pred = predict(xte)
+  names = names or [str(i) for i in range(yte.shape[1])]
   out = {}
   for j, name in enumerate(names):
-    tr, va, te = (~np.isnan(ytr[:, j]), ~np.isnan(yva[:, j]), ~np.isnan(yte[:, j]))
-    if tr.sum() < 2 or va.sum() < 2 or te.sum() < 2:
+    te = ~np.isnan(yte[:, j])
+    if np.isnan(alphas_chosen[j]) or te.sum() < 2:
       out[name] = dict(r2=float("nan"), alpha=float("nan"), n_test=int(te.sum()))
-      continue
-    best = None
-    for alpha in alphas:
-      w, b = ridge_fit(xtr[tr], ytr[tr, j], alpha)
-      score = r2_score(yva[va, j], xva[va] @ w + b)
-      if best is None or score > best[0]:
-        best = (score, alpha, w, b)
-    _, alpha, w, b = best
-    out[name] = dict(r2=r2_score(yte[te, j], xte[te] @ w + b), alpha=float(alpha),
-                     n_test=int(te.sum()))
+    else:
+      out[name] = dict(r2=r2_score(yte[te, j], pred[te, j]), alpha=float(alphas_chosen[j]),
+                       n_test=int(te.sum()))
   return out
 
 

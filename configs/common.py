@@ -54,6 +54,7 @@ def base_config(stage, variant):
       b1=0.9,
       b2=0.95,
       grad_clip_norm=1.0,        # 0 disables
+      ema_decay=0.0,             # > 0: keep an EMA of the params (in the optimizer state)
       compute_dtype="float32",   # or "bfloat16": params stay float32
       checkpoint_every=200,
       keep_checkpoints=2,

@@ -52,3 +52,41 @@ TINY_MAE_FLAGS = [
 @pytest.fixture
 def tiny_config():
   return tiny_mae_config()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_TINY_DATA = ["cmr_frames=8", "cmr_size=16", "num_subjects=120"]
+# Overrides that make `main --config=configs/tokenize.py` (and its upstream stages) tiny.
+TINY_TOKENIZE_FLAGS = (
+    [f"--config.{p}data.{k}" for p in ("", "vae_config.", "align_config.", "align_config.mae_config.")
+     for k in _TINY_DATA]
+    + [f.replace("--config.", "--config.align_config.mae_config.") for f in TINY_MAE_FLAGS
+       if "batch_size" not in f and "warmup" not in f and ".data." not in f]
+    + ["--config.align_config.mae_config.train.num_steps=4",
+       "--config.align_config.mae_config.train.batch_size=8",
+       "--config.align_config.train.num_steps=4", "--config.align_config.train.batch_size=8",
+       "--config.align_config.align.pca_dim=8"]
+    + [f"--config.align_config.model.{k}" for k in ("width=32", "depth=1", "num_heads=2", "mlp_dim=64")]
+    + ["--config.vae_config.model.base_channels=4", "--config.vae_config.train.num_steps=4",
+       "--config.vae_config.train.batch_size=8", "--config.vae_config.train.eval_every=0"])
+
+
+def run_main(args, timeout=900):
+  """`python -m cardionets_jax.main ARGS` on the real (1-device) CPU; fails with its stderr."""
+  import subprocess
+  import sys
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run([sys.executable, "-m", "cardionets_jax.main"] + list(args), cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result
+
+
+@pytest.fixture(scope="session")
+def tokenized_workdir(tmp_path_factory):
+  """A workdir where tiny mae, align, vae and tokenize have run (shared: read, don't modify)."""
+  workdir = tmp_path_factory.mktemp("tokenized")
+  run_main(["--config=configs/tokenize.py", f"--workdir={workdir}"] + TINY_TOKENIZE_FLAGS)
+  return workdir

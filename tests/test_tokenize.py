@@ -1,8 +1,6 @@
 """Tokenize on a fresh workdir: runs vae and align first; stored latents round-trip."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,33 +12,11 @@ from cardionets_jax.stages import tokenize
 from cardionets_jax.stages import vae as vae_stage
 from cardionets_jax.train import checkpoint as ckpt_lib
 from configs import tokenize as tokenize_configs
-from tests.conftest import TINY_MAE_FLAGS
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-DATA = ["cmr_frames=8", "cmr_size=16", "num_subjects=120"]
-FLAGS = (
-    [f"--config.{p}data.{k}" for p in ("", "vae_config.", "align_config.", "align_config.mae_config.")
-     for k in DATA]
-    + [f.replace("--config.", "--config.align_config.mae_config.") for f in TINY_MAE_FLAGS
-       if "batch_size" not in f and "warmup" not in f and ".data." not in f]
-    + ["--config.align_config.mae_config.train.num_steps=4",
-       "--config.align_config.mae_config.train.batch_size=8",
-       "--config.align_config.train.num_steps=4", "--config.align_config.train.batch_size=8",
-       "--config.align_config.align.pca_dim=8"]
-    + [f"--config.align_config.model.{k}" for k in ("width=32", "depth=1", "num_heads=2", "mlp_dim=64")]
-    + ["--config.vae_config.model.base_channels=4", "--config.vae_config.train.num_steps=4",
-       "--config.vae_config.train.batch_size=8", "--config.vae_config.train.eval_every=0"])
 
 
-def test_tokenize_chain_and_round_trip(tmp_path):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  cmd = [sys.executable, "-m", "cardionets_jax.main", "--config=configs/tokenize.py",
-         f"--workdir={tmp_path}"] + FLAGS
-  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  for stage in ("mae", "align", "vae"):
+def test_tokenize_chain_and_round_trip(tokenized_workdir):
+  tmp_path = tokenized_workdir
+  for stage in ("mae", "align", "vae", "tokenize"):
     assert os.path.exists(tmp_path / stage / "results.json"), stage
   tokens = tokenize.tokens_dir(str(tmp_path))
   meta = records.DatasetMeta.load(tokens)

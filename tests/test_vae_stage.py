@@ -28,3 +28,21 @@ def test_vae_stage_trains_and_reports_heldout_psnr_ssim(tmp_path):
     assert os.path.exists(out / name), name
   metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
   assert any("d_loss" in m for m in metrics) and any(m["split"] == "val" for m in metrics)
+
+
+def test_training_windows_are_slices_of_each_cine():
+  import jax
+  import numpy as np
+  from cardionets_jax.stages import vae as vae_stage
+  video = np.arange(2 * 25 * 48 * 48, dtype=np.int32).reshape(2, 25, 48, 48)  # unique values
+  crops = np.asarray(vae_stage.random_crop(video, (9, 24, 24), jax.random.PRNGKey(0)))
+  assert crops.shape == (2, 9, 24, 24)
+  corners = set()
+  for b in range(2):
+    (f, h, w), = np.argwhere(video[b] == crops[b, 0, 0, 0])
+    np.testing.assert_array_equal(crops[b], video[b, f:f + 9, h:h + 24, w:w + 24])
+    corners.add((f, h, w))
+  assert len(corners) == 2  # each cine gets its own window
+  # A cine smaller than the window along an axis is kept whole along it; () keeps it whole.
+  assert vae_stage.random_crop(video[:, :8], (9, 24, 24), jax.random.PRNGKey(0)).shape == (2, 8, 24, 24)
+  assert vae_stage.random_crop(video, (), jax.random.PRNGKey(0)).shape == video.shape

@@ -2,7 +2,7 @@
 
 import importlib
 
-STAGES = ("mae", "align", "finetune", "vae", "tokenize")
+STAGES = ("mae", "align", "finetune", "vae", "tokenize", "mar")
 
 
 def get(name):

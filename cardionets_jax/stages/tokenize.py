@@ -5,6 +5,7 @@ Grain pipeline as the cohort, so the generator never runs the VAE encoder
 while it trains.
 """
 
+import json
 import os
 import time
 
@@ -86,12 +87,20 @@ def run(config, workdir):
       source=f"vae {vae_ckpt} (step {vae_step}); align {align_ckpt} (step {align_step}); data {data_dir}")
   splits = {s: split_examples(s) for s, info in meta.splits.items() if info["num_with_cmr"]}
   out = tokens_dir(workdir)
+  counts = {s: meta.splits[s]["num_with_cmr"] for s in splits}
+  results = dict(stage="tokenize", variant=config.variant, tokens=out, num_examples=counts,
+                 latent_shape=latent_shape, vae_checkpoint=vae_ckpt, vae_step=int(vae_step),
+                 align_checkpoint=align_ckpt, align_step=int(align_step), data=data_dir)
   if jax.process_index() == 0:
     directory = records.write_dataset(
         out, splits, out_meta, builder_cls=records.CardionetsTokens,
         feature_dict=records.token_features(latent_shape, acfg.model.embed_dim,
                                             len(meta.phenotype_names), len(meta.label_names)))
-    metrics_lib.log("Tokenized %s into %s in %.1fs", {s: meta.splits[s]["num_with_cmr"] for s in splits},
-                    directory, time.time() - start)
-  return dict(stage="tokenize", tokens=out)
+    results["wall_time_s"] = time.time() - start
+    # Written last: its presence tells downstream stages the tokens are complete.
+    os.makedirs(os.path.join(workdir, "tokenize"), exist_ok=True)
+    with open(os.path.join(workdir, "tokenize", "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    metrics_lib.log("Tokenized %s into %s in %.1fs", counts, directory, time.time() - start)
+  return results
 

@@ -49,6 +49,14 @@ def example_spec(config):
   return {"cmr": (cmr_shape(config), jnp.uint8)}
 
 
+def train_flops_per_example(config):
+  """Analytic conv FLOPs of one training example: 3x the VAE forward (the discriminator left out)."""
+  m = config.model
+  return 3 * vae3d.vae_flops(tuple(config.vae.train_crop) or cmr_shape(config), base_channels=m.base_channels,
+                             channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
+                             latent_channels=m.latent_channels, temporal_down=tuple(m.temporal_down))
+
+
 def perceptual_loss(recon, target):
   """Where a perceptual network (LPIPS-style, pretrained) would plug in.
 
@@ -59,6 +67,21 @@ def perceptual_loss(recon, target):
   raise NotImplementedError(
       "vae.perceptual_weight > 0 needs a pretrained perceptual network: implement "
       "cardionets_jax.stages.vae.perceptual_loss with one")
+
+
+def random_crop(video, crop, rng):
+  """A random (frames, height, width) window of each (B, F, H, W) cine; `crop=()` keeps it whole.
+
+  The VAE is fully convolutional, so it trains on windows and encodes whole
+  cines (as image VAEs train on crops and run at full size): the tiny
+  variant's way to fit a CPU.
+  """
+  if not crop:
+    return video
+  crop = tuple(min(c, n) for c, n in zip(crop, video.shape[1:]))  # a small cine is kept whole
+  limits = jnp.asarray(video.shape[1:]) - jnp.asarray(crop) + 1
+  starts = jax.random.randint(rng, (video.shape[0], 3), 0, limits)
+  return jax.vmap(lambda v, s: jax.lax.dynamic_slice(v, tuple(s), crop))(video, starts)
 
 
 def make_task(config):
@@ -75,8 +98,10 @@ def make_task(config):
 
   def loss_fn(params, frozen, batch, rng, step):
     del frozen
-    target = vit.cmr_to_float(batch["cmr"])
-    recon, posterior = vae.apply({"params": params["vae"]}, batch["cmr"], rngs={"sample": rng})
+    crop_rng, rng = jax.random.split(rng)
+    video = random_crop(batch["cmr"], v.train_crop, crop_rng)
+    target = vit.cmr_to_float(video)
+    recon, posterior = vae.apply({"params": params["vae"]}, video, rngs={"sample": rng})
     loss, metrics = losses.vae_loss(recon, target, posterior.mean, posterior.logvar, v.kl_weight)
     if v.perceptual_weight > 0:
       loss = loss + v.perceptual_weight * perceptual_loss(recon, target)

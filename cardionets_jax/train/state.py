@@ -1,6 +1,6 @@
 """Train state, optimizer, and sharded initialisation."""
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -48,10 +48,38 @@ def scale_by_tree(scales_fn):
   return optax.GradientTransformation(init, update)
 
 
+class EmaState(NamedTuple):
+  ema: Any
+
+
+def track_ema(decay):
+  """Passes updates through and keeps an exponential moving average of the
+  updated params. Last in the chain, so `params + updates` are the new params;
+  living in the optimizer state, it is sharded and checkpointed with it."""
+  def init(params):
+    return EmaState(ema=jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("track_ema needs the params")
+    ema = jax.tree.map(lambda e, p, u: decay * e + (1.0 - decay) * (p + u), state.ema, params, updates)
+    return updates, EmaState(ema=ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(state):
+  """The EMA of the params if the optimizer keeps one, else the params."""
+  found = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, EmaState))
+           if isinstance(s, EmaState)]
+  return found[0].ema if found else state.params
+
+
 def make_optimizer(train_config, lr_scales=None):
   """AdamW on a warm-up + cosine schedule; no decay on biases, norms, embeddings' 1-D params.
 
-  `lr_scales(params)` may give a per-leaf factor on the step (layer-wise decay).
+  `lr_scales(params)` may give a per-leaf factor on the step (layer-wise decay);
+  `train_config.ema_decay > 0` keeps an EMA of the params (`ema_params`).
   """
   schedule = make_schedule(train_config)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
@@ -62,6 +90,8 @@ def make_optimizer(train_config, lr_scales=None):
                            weight_decay=train_config.weight_decay, mask=decay_mask))
   if lr_scales is not None:
     parts.append(scale_by_tree(lr_scales))
+  if train_config.get("ema_decay", 0.0):
+    parts.append(track_ema(train_config.ema_decay))
   return optax.chain(*parts), schedule
 
 

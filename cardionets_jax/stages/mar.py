@@ -1,0 +1,384 @@
+"""Stage 4: the ECG-conditioned MAR generator with a diffusion head.
+
+Trains on the tokenize stage's cached VAE posteriors (a fresh latent is
+drawn from each posterior every step), normalised per channel with
+training-split statistics kept in the frozen state. Evaluation generates
+held-out subjects' cines from their own ECG, a shuffled ECG and no condition
+with the EMA weights, decodes them with the VAE and scores them against the
+true cines (SSIM, PSNR, bootstrap CIs, paired differences), and applies a
+ridge probe fitted on the mae encoder's features of true cines to the
+generated ones.
+"""
+
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cardionets_jax import evaluate
+from cardionets_jax import image_metrics
+from cardionets_jax.data import datasets
+from cardionets_jax.data import pipeline
+from cardionets_jax.data import records
+from cardionets_jax.models import diffusion
+from cardionets_jax.models import mar as mar_lib
+from cardionets_jax.models import vae3d
+from cardionets_jax.models import vit
+from cardionets_jax.stages import common
+from cardionets_jax.stages import mae as mae_stage
+from cardionets_jax.stages import tokenize as tokenize_stage
+from cardionets_jax.stages import vae as vae_stage
+from cardionets_jax.train import checkpoint as ckpt_lib
+from cardionets_jax.train import loop
+from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import metrics as metrics_lib
+from cardionets_jax.train import state as state_lib
+
+FIELDS = ("latent_mean", "latent_logvar", "ecg_embedding")
+CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
+PROBE_TRAIN_LIMIT = 2048
+
+
+def latent_shape(config):
+  vcfg = config.tokenize_config.vae_config
+  m = vcfg.model
+  return vae3d.latent_shape(vae_stage.cmr_shape(vcfg), tuple(m.channel_mult), tuple(m.temporal_down),
+                            m.latent_channels)
+
+
+def embed_dim(config):
+  return config.tokenize_config.align_config.model.embed_dim
+
+
+def build_model(config):
+  m = config.model
+  seq_len, token_dim = mar_lib.token_layout(latent_shape(config), tuple(m.patch))
+  return mar_lib.MAR(
+      seq_len=seq_len, token_dim=token_dim, width=m.width, depth=m.depth, num_heads=m.num_heads,
+      mlp_dim=m.mlp_dim, decoder_width=m.decoder_width, decoder_depth=m.decoder_depth,
+      decoder_heads=m.decoder_heads, decoder_mlp_dim=m.decoder_mlp_dim,
+      buffer_size=m.buffer_size, dropout=m.dropout, head_width=m.head_width,
+      head_depth=m.head_depth, dtype=jnp.dtype(config.train.compute_dtype))
+
+
+def example_spec(config):
+  shape = tuple(latent_shape(config))
+  return {"latent_mean": (shape, jnp.float32), "latent_logvar": (shape, jnp.float32),
+          "ecg_embedding": ((embed_dim(config),), jnp.float32)}
+
+
+def train_flops_per_example(config):
+  """3x the forward: the encoder at its most known tokens, the head on every token x mul."""
+  m, c = config.model, config.mar
+  seq_len, token_dim = mar_lib.token_layout(latent_shape(config), tuple(m.patch))
+  _, known = mar_lib.max_masked_known(seq_len, c.min_mask_ratio)
+  return 3 * mar_lib.mar_flops(
+      seq_len, token_dim, width=m.width, depth=m.depth, mlp_dim=m.mlp_dim,
+      decoder_width=m.decoder_width, decoder_depth=m.decoder_depth,
+      decoder_mlp_dim=m.decoder_mlp_dim, buffer_size=m.buffer_size, head_width=m.head_width,
+      head_depth=m.head_depth, known=known, head_rows=seq_len * c.diffusion_mul)
+
+
+def to_tokens(latent, frozen, patch):
+  """Raw latents (B, T, H, W, C) -> normalised tokens (B, S, D)."""
+  return mar_lib.patchify_latent((latent - frozen["latent_mean"]) / frozen["latent_std"], patch)
+
+
+def from_tokens(tokens, frozen, patch, shape):
+  return mar_lib.unpatchify_latent(tokens, patch, shape) * frozen["latent_std"] + frozen["latent_mean"]
+
+
+def latent_stats(tokens_dir, limit):
+  """Per-channel mean and std of the training latents' posterior means."""
+  sums, squares, count = 0.0, 0.0, 0
+  for batch, valid in pipeline.eval_batches(tokens_dir, "train", ("latent_mean",), 64, limit):
+    x = batch["latent_mean"][:valid].astype(np.float64)
+    x = x.reshape(-1, x.shape[-1])
+    sums, squares, count = sums + x.sum(0), squares + (x ** 2).sum(0), count + len(x)
+  mean = sums / count
+  return mean, np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+
+
+def make_task(config, tokens_dir=None):
+  """The mar task; `tokens_dir` (for the latent statistics) may be left out by shape-only users."""
+  model = build_model(config)
+  c, patch = config.mar, tuple(config.model.patch)
+  sched = diffusion.make_schedule(c.train_timesteps)
+  shape = tuple(latent_shape(config))
+  channels = shape[-1]
+
+  def masks(rng, batch_size):
+    return mar_lib.training_mask(rng, batch_size, model.seq_len, c.min_mask_ratio,
+                                 c.mask_ratio_mean, c.mask_ratio_std)
+
+  def init_params(rng):
+    tokens = jnp.zeros((1, model.seq_len, model.token_dim))
+    emb = jnp.zeros((1, embed_dim(config)))
+    mask, idx, valid = masks(rng, 1)
+    return model.init({"params": rng, "dropout": rng}, tokens, emb, jnp.ones((1,), bool), mask, idx,
+                      valid, sched, rng, method=mar_lib.MAR.loss)["params"]
+
+  def init_frozen():
+    return dict(latent_mean=jnp.zeros((channels,)), latent_std=jnp.ones((channels,)))
+
+  def loss_fn(params, frozen, batch, rng, step):
+    del step
+    sample_rng, mask_rng, drop_rng, diff_rng, dropout_rng = jax.random.split(rng, 5)
+    mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+    latent = mean + jnp.exp(0.5 * logvar) * jax.random.normal(sample_rng, mean.shape)
+    tokens = to_tokens(latent, frozen, patch)
+    b = tokens.shape[0]
+    mask, idx, valid = masks(mask_rng, b)
+    keep = jax.random.uniform(drop_rng, (b,)) >= c.cond_drop
+    loss = model.apply({"params": params}, tokens, batch["ecg_embedding"], keep, mask, idx, valid,
+                       sched, diff_rng, c.diffusion_mul, True, method=mar_lib.MAR.loss,
+                       rngs={"dropout": dropout_rng})
+    return loss, {}
+
+  load_frozen = None
+  if tokens_dir is not None:
+    def load_frozen(abstract, mesh, rules):
+      del mesh, rules
+      mean, std = latent_stats(tokens_dir, c.latent_stats_examples)
+      metrics_lib.log("Latent normalisation from %d training subjects: mean %s, std %s",
+                      c.latent_stats_examples, np.round(mean, 3), np.round(std, 3))
+      values = dict(latent_mean=mean, latent_std=std)
+      return jax.tree.map(lambda v, a: jax.device_put(jnp.asarray(v, a.dtype), a.sharding), values,
+                          abstract)
+
+  return model, loop.Task(init_params=init_params, loss_fn=loss_fn, fields=FIELDS,
+                          init_frozen=init_frozen, load_frozen=load_frozen)
+
+
+def make_generate(config, model, vae, shape):
+  """A jitted `(params, frozen, vae_params, embedding, rng, conditioned) -> cines (B, F, H, W)`
+  in [-1, 1]: sampling, de-normalisation and the VAE decode in one program."""
+  s = config.sample
+  sched = diffusion.make_schedule(config.mar.train_timesteps, s.diffusion_steps)
+  patch = tuple(config.model.patch)
+
+  def generate(params, frozen, vae_params, embedding, rng, conditioned):
+    tokens = mar_lib.sample_tokens(model, params, embedding, rng, sched=sched, num_iter=s.num_iter,
+                                   cfg_scale=s.cfg_scale, cfg_schedule=s.cfg_schedule,
+                                   temperature=s.temperature, conditioned=conditioned)
+    latent = from_tokens(tokens, frozen, patch, shape)
+    return jnp.clip(vae.apply({"params": vae_params}, latent, method=vae.decode), -1.0, 1.0)
+
+  return jax.jit(generate, static_argnames=("conditioned",))
+
+
+def _restore_params(path, subtree, init_fn, mesh):
+  abstract = nn.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                       sharding=mesh_lib.replicated(mesh)), abstract)
+  return ckpt_lib.restore_subtree(path, subtree, target)
+
+
+class Evaluator:
+  """Generated vs true held-out cines under each condition, and the mae phenotype probe."""
+
+  def __init__(self, config, workdir, model, trainer, tokens_dir, cohort_dir, cohort_meta):
+    self.config, self.trainer = config, trainer
+    self.tokens_dir, self.cohort_dir, self.meta = tokens_dir, cohort_dir, cohort_meta
+    tcfg = config.tokenize_config
+    vcfg, mcfg = tcfg.vae_config, tcfg.align_config.mae_config
+    mesh = trainer.mesh
+    vae_ckpt = config.init.vae_checkpoint or os.path.join(workdir, "vae", "checkpoints")
+    mae_ckpt = config.init.mae_checkpoint or os.path.join(workdir, "mae", "checkpoints")
+    self.vae = vae_stage.build_vae(vcfg)
+    video = jnp.zeros((1,) + vae_stage.cmr_shape(vcfg), jnp.uint8)
+    self.vae_params, vae_step = _restore_params(
+        vae_ckpt, ("params", "vae"),
+        lambda r: self.vae.init({"params": r, "sample": r}, video)["params"], mesh)
+    encoder = mae_stage.build_encoder(mcfg)
+    self.encoder_params, mae_step = _restore_params(
+        mae_ckpt, ("params", "encoder"),
+        lambda r: encoder.init(r, jnp.zeros((1,) + mae_stage.cmr_shape(mcfg), jnp.uint8))["params"], mesh)
+    self.sources = dict(vae=f"{vae_ckpt}/{vae_step}", mae=f"{mae_ckpt}/{mae_step}")
+    self._features = jax.jit(lambda p, v: encoder.apply({"params": p}, v))
+    self._features_float = jax.jit(lambda p, v: encoder.apply(
+        {"params": p}, jnp.round((v + 1.0) * 127.5).astype(jnp.uint8)))
+    self._reconstruct = jax.jit(lambda p, v: jnp.clip(self.vae.apply(
+        {"params": p}, self.vae.apply({"params": p}, v, method=self.vae.encode).mean,
+        method=self.vae.decode), -1.0, 1.0))
+    self._generate = make_generate(config, model, self.vae, tuple(latent_shape(config)))
+    self._scores = jax.jit(lambda x, y: (image_metrics.cine_ssim(x, y, vae_stage.DATA_RANGE),
+                                         image_metrics.cine_psnr(x, y, vae_stage.DATA_RANGE)))
+
+  def _probe(self):
+    """Ridge map from the mae encoder's features of true cines to the phenotypes."""
+    t = self.trainer
+    data = []
+    for split, limit in (("train", PROBE_TRAIN_LIMIT), ("val", None)):
+      feats, kept = common.map_split(lambda b: self._features(self.encoder_params, b["cmr"]),
+                                     self.cohort_dir, common.eval_split(self.meta, split), ("cmr",),
+                                     t.mesh, t.rules, keep=("phenotypes",), limit=limit)
+      data.append((feats, kept["phenotypes"]))
+    predict, _ = evaluate.fit_ridge_probe(*data, alphas=tuple(self.config.tokenize_config.align_config
+                                                              .mae_config.probe.alphas))
+    return predict
+
+  def heldout(self):
+    """The first eval.num_subjects held-out subjects: tokens and their true cines."""
+    split = common.eval_split(self.meta, "test")
+    e = self.config.eval
+    tokens = {k: [] for k in ("subject_id", "ecg_embedding", "phenotypes")}
+    for batch, valid in pipeline.eval_batches(self.tokens_dir, split, tuple(tokens), 64, e.num_subjects):
+      for k in tokens:
+        tokens[k].append(batch[k][:valid])
+    tokens = {k: np.concatenate(v) for k, v in tokens.items()}
+    wanted = {sid: i for i, sid in enumerate(tokens["subject_id"])}
+    cines = np.zeros((len(wanted),) + vae_stage.cmr_shape(self.config.tokenize_config.vae_config), np.uint8)
+    found = 0
+    for batch, valid in pipeline.eval_batches(self.cohort_dir, split, ("subject_id", "cmr"), 64):
+      for sid, cine in zip(batch["subject_id"][:valid], batch["cmr"][:valid]):
+        if sid in wanted:
+          cines[wanted[sid]] = cine
+          found += 1
+    if found != len(wanted):
+      raise ValueError(f"{len(wanted) - found} tokenized {split} subjects have no cine in "
+                       f"{self.cohort_dir}: were the tokens made from another dataset?")
+    return tokens, cines
+
+  def evaluate(self, state, seed=0):
+    """Scores, CIs and probe results (a dict for results.json) and the generated cines."""
+    e, t = self.config.eval, self.trainer
+    params = state_lib.ema_params(state)
+    tokens, cines = self.heldout()
+    n = len(cines)
+    shuffled = np.roll(np.arange(n), n // 2)  # every subject gets another subject's ECG
+    embeddings = dict(own_ecg=tokens["ecg_embedding"], shuffled_ecg=tokens["ecg_embedding"][shuffled],
+                      no_condition=tokens["ecg_embedding"])
+    generated = {k: [] for k in CONDITIONS}
+    recon = []
+    progress = metrics_lib.Progress(len(CONDITIONS) * -(-n // e.batch_size), e.batch_size)
+    done = 0
+    with mesh_lib.active(t.mesh, t.rules):
+      for start in range(0, n, e.batch_size):
+        sl = slice(start, min(start + e.batch_size, n))
+        valid = sl.stop - sl.start
+        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], e.batch_size - valid, 0)])
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), start)
+        for name in CONDITIONS:
+          out = self._generate(params, state.frozen, self.vae_params, jnp.asarray(pad(embeddings[name][sl])),
+                               rng, conditioned=name != "no_condition")
+          generated[name].append(np.asarray(out)[:valid])
+          done += 1
+          line = progress.update(done)
+          if line:
+            metrics_lib.log("generating held-out cines: %s", line)
+        recon.append(np.asarray(self._reconstruct(self.vae_params, jnp.asarray(pad(cines[sl]))))[:valid])
+    generated = {k: np.concatenate(v) for k, v in generated.items()}
+    generated["vae_reconstruction"] = np.concatenate(recon)
+    truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
+
+    scores = {}
+    for name, cine in generated.items():
+      ssim, psnr = (np.asarray(x) for x in self._scores(jnp.asarray(cine), jnp.asarray(truth)))
+      scores[name] = dict(ssim=ssim, psnr=psnr)
+    result = {"num_subjects": n}
+    for name, s in scores.items():
+      result[name] = {m: evaluate.bootstrap_ci(np.mean, (s[m],), n_boot=e.n_boot) for m in ("ssim", "psnr")}
+    for other in ("shuffled_ecg", "no_condition"):
+      result[f"own_ecg_minus_{other}"] = {
+          m: evaluate.paired_bootstrap_diff(np.mean, (scores["own_ecg"][m],), (scores[other][m],),
+                                            n_boot=e.n_boot) for m in ("ssim", "psnr")}
+
+    predict = self._probe()
+    names = self.meta.phenotype_names
+    probe = {}
+    feats_true = np.asarray(self._features(self.encoder_params, jnp.asarray(cines)))
+    probe["true_cine"] = predict(feats_true)
+    for name in CONDITIONS:
+      feats = np.asarray(self._features_float(self.encoder_params, jnp.asarray(generated[name])))
+      probe[name] = predict(feats)
+    y = tokens["phenotypes"]
+    result["probe_r2"] = {
+        source: {p: (evaluate.r2_score(y[~np.isnan(y[:, j]), j], pred[~np.isnan(y[:, j]), j])
+                     if np.sum(~np.isnan(y[:, j])) > 1 else float("nan"))
+                 for j, p in enumerate(names)}
+        for source, pred in probe.items()}
+    # Does the generated heart match the probe's reading of the true one (same probe, both cines)?
+    result["probe_r2_vs_true_cine_reading"] = {
+        name: {p: evaluate.r2_score(probe["true_cine"][:, j], probe[name][:, j])
+               for j, p in enumerate(names)} for name in CONDITIONS}
+    return result, generated, truth, tokens["subject_id"]
+
+
+def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
+  """Per subject: the own-ECG cine as NIfTI (x, y, t) and GIF (true | generated), and a PNG
+  strip of frames: true, own ECG, shuffled ECG, no condition."""
+  import imageio.v2 as imageio
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import nibabel as nib
+  os.makedirs(out_dir, exist_ok=True)
+  to_uint8 = lambda x: np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+  rows = [("true", truth)] + [(k, generated[k]) for k in CONDITIONS]
+  for i in range(min(num, len(truth))):
+    name = subject_ids[i].decode() if isinstance(subject_ids[i], bytes) else str(subject_ids[i])
+    cine = to_uint8(generated["own_ecg"][i])
+    nib.save(nib.Nifti1Image(np.transpose(cine, (2, 1, 0)), np.eye(4)),
+             os.path.join(out_dir, f"{name}.nii.gz"))
+    pair = np.concatenate([to_uint8(truth[i]), cine], axis=2)
+    imageio.mimsave(os.path.join(out_dir, f"{name}.gif"), list(pair), duration=0.08, loop=0)
+    frames = np.linspace(0, cine.shape[0] - 1, num_frames).astype(int)
+    fig, axes = plt.subplots(len(rows), num_frames, figsize=(1.3 * num_frames, 1.4 * len(rows)))
+    for r, (label, arr) in enumerate(rows):
+      for c, f in enumerate(frames):
+        ax = axes[r, c]
+        ax.imshow(arr[i, f], cmap="gray", vmin=-1, vmax=1)
+        ax.set_xticks([]), ax.set_yticks([])
+        if c == 0:
+          ax.set_ylabel(label.replace("_", " "), fontsize=7)
+        if r == 0:
+          ax.set_title(f"frame {f}", fontsize=7)
+    fig.suptitle(f"{name}: true cine and cines generated from its ECG, another ECG, none", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=100)
+    plt.close(fig)
+
+
+def run(config, workdir):
+  from cardionets_jax import stages
+  start = time.time()
+  stage_dir = os.path.join(workdir, "mar")
+  cohort_dir, cohort_meta = datasets.resolve(config, workdir)
+  tokens_dir = config.init.tokens or tokenize_stage.tokens_dir(workdir)
+  if not config.init.tokens and not os.path.exists(os.path.join(workdir, "tokenize", "results.json")):
+    metrics_lib.log("No finished tokenize stage in %s: running it first with its default config",
+                    workdir)
+    stages.get("tokenize").run(config.tokenize_config, workdir)
+  tokens_meta = records.DatasetMeta.load(tokens_dir)
+  if list(tokens_meta.shapes["latent_mean"]) != list(latent_shape(config)):
+    raise ValueError(f"Tokens in {tokens_dir} have latents {tokens_meta.shapes['latent_mean']}, the "
+                     f"config expects {list(latent_shape(config))}")
+  model, task = make_task(config, tokens_dir)
+  trainer = loop.Trainer(config, stage_dir, tokens_dir, task)
+  state = trainer.fit()
+  evaluator = Evaluator(config, workdir, model, trainer, tokens_dir, cohort_dir, cohort_meta)
+  result, generated, truth, ids = evaluator.evaluate(state)
+  step = int(state.step)
+  results = dict(stage="mar", variant=config.variant, step=step, heldout_test=result,
+                 sample=config.sample.to_dict(), sources=evaluator.sources,
+                 checkpoint=os.path.join(trainer.checkpoint_dir, str(step)),
+                 wall_time_s=time.time() - start)
+  if jax.process_index() == 0:
+    write_samples(os.path.join(stage_dir, "samples"), ids, generated, truth)
+    with open(os.path.join(stage_dir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    for name in CONDITIONS + ("vae_reconstruction",):
+      r = result[name]
+      metrics_lib.log("%-18s SSIM %.4f (%.4f-%.4f)  PSNR %.2f dB (%.2f-%.2f)", name, r["ssim"]["value"],
+                      r["ssim"]["low"], r["ssim"]["high"], r["psnr"]["value"], r["psnr"]["low"],
+                      r["psnr"]["high"])
+    for other in ("shuffled_ecg", "no_condition"):
+      d = result[f"own_ecg_minus_{other}"]["ssim"]
+      metrics_lib.log("SSIM own ECG - %s: %.4f (95%% CI %.4f-%.4f)", other, d["value"], d["low"], d["high"])
+    metrics_lib.log("Wrote %s and samples/", os.path.join(stage_dir, "results.json"))
+  return results

@@ -1,0 +1,63 @@
+"""Stage 4: the ECG-conditioned MAR generator with a diffusion head.
+
+  python -m cardionets_jax.main --config=configs/mar.py --workdir=DIR
+
+Trains on the tokenize stage's cached latents; on a fresh DIR it runs mae,
+align, vae and tokenize first.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import tokenize as tokenize_configs
+
+MODELS = {
+    # PAPER.md: MAR-B, 12 + 12 layers of width 768, 12 heads, 64 condition tokens; the diffusion
+    # head is 3 residual blocks of width 1024.
+    "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, decoder_width=768,
+                 decoder_depth=12, decoder_heads=12, decoder_mlp_dim=3072, buffer_size=64,
+                 dropout=0.1, head_width=1024, head_depth=3),
+    "tiny": dict(width=96, depth=2, num_heads=4, mlp_dim=384, decoder_width=96, decoder_depth=2,
+                 decoder_heads=4, decoder_mlp_dim=384, buffer_size=8, dropout=0.1, head_width=64,
+                 head_depth=2),
+}
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, variant="tiny")
+  config = common.base_config("mar", arg.variant)
+  config.tokenize_config = tokenize_configs.get_config(f"variant={arg.variant}")
+  config.data = config.tokenize_config.data.copy_and_resolve_references()
+  config.model = ml_collections.ConfigDict(dict(MODELS[arg.variant], patch=(5, 2, 2)))
+  config.mar = ml_collections.ConfigDict(dict(
+      min_mask_ratio=0.7,       # mask ratio ~ normal(1.0, 0.25) truncated to [0.7, 1.0]
+      mask_ratio_mean=1.0,
+      mask_ratio_std=0.25,
+      cond_drop=0.1,            # condition dropout, for classifier-free guidance
+      diffusion_mul=4,          # each token's diffusion loss drawn this many times per step
+      train_timesteps=1000,     # cosine schedule
+      latent_stats_examples=512,  # training latents the per-channel normalisation is fitted on
+  ))
+  config.sample = ml_collections.ConfigDict(dict(
+      num_iter=16,              # autoregressive steps, cosine masking schedule
+      diffusion_steps=100,      # respaced from train_timesteps
+      cfg_scale=3.0,
+      cfg_schedule="linear",    # or "constant"
+      temperature=1.0,
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      num_subjects=256,         # held-out subjects generated under each condition
+      batch_size=64,
+      n_boot=1000,
+  ))
+  config.init = ml_collections.ConfigDict(dict(tokens="", vae_checkpoint="", mae_checkpoint=""))
+  config.train.update(weight_decay=0.02, b2=0.95, grad_clip_norm=3.0)
+  if arg.variant == "base":
+    config.train.update(num_steps=100_000, batch_size=256, lr=1e-4, warmup_steps=2_000,
+                        ema_decay=0.9999, checkpoint_every=5_000, log_every=100, eval_every=0)
+  else:
+    config.sample.update(diffusion_steps=50)
+    config.eval.update(num_subjects=64, batch_size=32)
+    config.train.update(num_steps=2000, batch_size=32, lr=1e-3, warmup_steps=100,
+                        ema_decay=0.995, checkpoint_every=500, log_every=50, eval_every=0)
+  return config

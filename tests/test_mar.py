@@ -1,0 +1,186 @@
+"""The MAR generator: token layout, masks, sampler, the sharded step, EMA, the stage end to end."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cardionets_jax.data import readers
+from cardionets_jax.models import diffusion
+from cardionets_jax.models import mar as mar_lib
+from cardionets_jax.stages import mar as mar_stage
+from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import state as state_lib
+from cardionets_jax.train import step as step_lib
+from configs import mar as mar_configs
+from tests.conftest import run_main
+
+TINY_MODEL = dict(width=32, depth=1, num_heads=2, mlp_dim=64, decoder_width=32, decoder_depth=1,
+                  decoder_heads=2, decoder_mlp_dim=64, buffer_size=4, head_width=32, head_depth=1)
+
+
+def tiny_mar_config():
+  """Latents (8, 4, 4, 8) as the tiny tokenize test makes them; (2, 2, 2) patches: 16 tokens of 64."""
+  config = mar_configs.get_config()
+  vcfg = config.tokenize_config.vae_config
+  vcfg.data.update(cmr_frames=8, cmr_size=16)
+  vcfg.model.base_channels = 4
+  config.model.update(patch=(2, 2, 2), **TINY_MODEL)
+  config.train.update(batch_size=8, num_steps=4, warmup_steps=1)
+  return config
+
+
+def test_base_has_the_papers_tokens_and_sizes():
+  config = mar_configs.get_config("variant=base")
+  assert tuple(mar_stage.latent_shape(config)) == (25, 12, 12, 16)
+  model = mar_stage.build_model(config)
+  assert (model.seq_len, model.token_dim) == (180, 320)
+  _, task = mar_stage.make_task(config)
+  params = nn.unbox(jax.eval_shape(task.init_params, jax.random.PRNGKey(0)))
+  count = lambda tree: state_lib.param_count(tree)
+  block = 4 * (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768 + 4 * 768  # attn, mlp, 2 norms
+  assert count(params["encoder"]) == 12 * block + 2 * 768
+  assert count(params["decoder"]) == 12 * block + 2 * 768
+  assert params["encoder_pos"].shape == (64 + 180, 768)
+  assert params["token_proj"]["kernel"].shape == (320, 768)
+  assert params["cond_fc1"]["kernel"].shape == (256, 768)  # the aligned ECG embedding
+  head = params["head"]
+  assert head["input_proj"]["kernel"].shape == (320, 1024)
+  assert head["out"]["kernel"].shape == (1024, 640)         # noise and variance per dimension
+  assert sorted(k for k in head if k.startswith("block")) == ["block0", "block1", "block2"]
+  assert params["diffusion_pos"].shape == (180, 768)
+
+
+def test_latent_patches_round_trip_in_raster_order():
+  latent = np.random.default_rng(0).normal(size=(2, 10, 4, 6, 3)).astype(np.float32)
+  tokens = mar_lib.patchify_latent(jnp.asarray(latent), (5, 2, 2))
+  assert tokens.shape == (2, 2 * 2 * 3, 5 * 2 * 2 * 3)
+  # Token 1 is the patch at (t, h, w) = (0, 0, 1): latent[:, 0:5, 0:2, 2:4].
+  np.testing.assert_array_equal(tokens[:, 1].reshape(2, 5, 2, 2, 3), latent[:, 0:5, 0:2, 2:4])
+  np.testing.assert_array_equal(mar_lib.unpatchify_latent(tokens, (5, 2, 2), (10, 4, 6, 3)), latent)
+  with pytest.raises(ValueError, match="does not split"):
+    mar_lib.patchify_latent(jnp.zeros((1, 8, 4, 4, 2)), (5, 2, 2))
+
+
+def test_training_mask_ratios_orders_and_known_slots():
+  from scipy import stats
+  seq_len, batch = 180, 4096
+  mask, idx, valid = jax.device_get(mar_lib.training_mask(jax.random.PRNGKey(0), batch, seq_len))
+  masked = mask.sum(1)
+  assert masked.min() >= 126 and masked.max() <= 180          # ratio in [0.7, 1.0]
+  assert idx.shape == (batch, 54)                              # 180 - ceil(0.7 * 180)
+  # The masked count is ceil(180 r), r ~ normal(1, 0.25) truncated to [0.7, 1].
+  ratio = stats.truncnorm((0.7 - 1.0) / 0.25, 0.0, loc=1.0, scale=0.25)
+  draws = np.ceil(ratio.rvs(200_000, random_state=0) * seq_len)
+  assert abs(masked.mean() - draws.mean()) < 4 * draws.std() / np.sqrt(batch)
+  for b in range(64):
+    known = set(idx[b][valid[b]])
+    assert known == set(np.flatnonzero(~mask[b]))              # the valid slots are the unmasked
+    assert len(set(idx[b])) == 54                              # distinct positions
+  # Orders differ between examples.
+  assert len({tuple(np.flatnonzero(m)) for m in mask[:16]}) == 16
+
+
+def test_mask_schedule_is_cosine_and_predicts_every_token_once():
+  counts = mar_lib.mask_schedule(180, 16)
+  assert counts[0] == 180 and counts[-1] == 0 and len(counts) == 17
+  assert all(a > b for a, b in zip(counts, counts[1:]))
+  assert counts[8] == int(np.floor(180 * np.cos(np.pi / 2 * 8 / 16)))
+  assert mar_lib.mask_schedule(4, 8) == [4, 3, 2, 1, 0]  # never predicts nothing in a step
+
+
+def test_sampler_fills_every_token_and_is_deterministic_per_key():
+  config = tiny_mar_config()
+  model, task = mar_stage.make_task(config)
+  params = nn.unbox(task.init_params(jax.random.PRNGKey(0)))
+  # A head that predicts noise 0 and the posterior's variance: the sampler's x0 is x_t / sqrt(abar).
+  sched = diffusion.make_schedule(1000, 5)
+  emb = jax.random.normal(jax.random.PRNGKey(1), (3, 256))
+  sample = jax.jit(lambda p, e, r: mar_lib.sample_tokens(model, p, e, r, sched=sched, num_iter=4,
+                                                          cfg_scale=2.0))
+  a = np.asarray(sample(params, emb, jax.random.PRNGKey(2)))
+  b = np.asarray(sample(params, emb, jax.random.PRNGKey(2)))
+  c = np.asarray(sample(params, emb, jax.random.PRNGKey(3)))
+  assert a.shape == (3, 16, 64) and np.isfinite(a).all()
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  assert (np.abs(a).sum(-1) > 0).all()  # every token was generated (the canvas starts at 0)
+
+
+def one_step(config, devices, batch):
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  rules = mesh_lib.axis_rules(config.mesh)
+  _, task = mar_stage.make_task(config)
+  tx, schedule = state_lib.make_optimizer(config.train)
+  state, shardings, _ = state_lib.create_state(task.init_params, tx, config.seed, mesh, rules,
+                                               task.init_frozen)
+  step = step_lib.jit_train_step(step_lib.make_train_step(task.loss_fn, tx, schedule), shardings,
+                                 mesh, rules, {k: v.ndim for k, v in batch.items()})
+  with mesh_lib.active(mesh, rules):
+    new_state, metrics = step(state, mesh_lib.global_batch(batch, mesh, rules))
+  return state, new_state, jax.device_get(metrics)
+
+
+def mar_batch(n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"latent_mean": rng.normal(size=(n, 8, 4, 4, 8)).astype(np.float32),
+          "latent_logvar": np.full((n, 8, 4, 4, 8), -4.0, np.float32),
+          "ecg_embedding": rng.normal(size=(n, 256)).astype(np.float32)}
+
+
+def test_sharded_mar_step_equals_single_device_step_and_keeps_an_ema():
+  config = tiny_mar_config()
+  config.train.ema_decay = 0.9
+  batch = mar_batch()
+  _, single_state, single = one_step(config, jax.devices()[:1], batch)
+  config.mesh.shape.update(data=2, fsdp=2, tensor=2)
+  _, sharded_state, sharded = one_step(config, jax.devices(), batch)
+  np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-5)
+  leaves = lambda t: jax.tree.leaves(jax.device_get(t))
+  for a, b in zip(leaves(single_state.params), leaves(sharded_state.params)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  # EMA = 0.9 * init + 0.1 * updated params, and it is what evaluation reads.
+  init = nn.unbox(mar_stage.make_task(config)[1].init_params(
+      jax.random.split(jax.random.PRNGKey(config.seed))[0]))
+  for e, p, i in zip(leaves(state_lib.ema_params(single_state)), leaves(single_state.params),
+                     leaves(init)):
+    np.testing.assert_allclose(e, 0.9 * i + 0.1 * p, rtol=1e-5, atol=1e-6)
+
+
+def test_mar_stage_on_a_tokenized_workdir(tokenized_workdir):
+  workdir = tokenized_workdir
+  flags = ([f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()]
+           + ["--config.model.patch=(2,2,2)", "--config.train.num_steps=6",
+              "--config.train.batch_size=8", "--config.train.warmup_steps=1",
+              "--config.train.log_every=2", "--config.sample.num_iter=3",
+              "--config.sample.diffusion_steps=4", "--config.eval.num_subjects=6",
+              "--config.eval.batch_size=4", "--config.eval.n_boot=50",
+              "--config.mar.latent_stats_examples=32"]
+           + [f"--config.tokenize_config.{p}data.{k}"
+              for p in ("", "vae_config.", "align_config.", "align_config.mae_config.")
+              for k in ("cmr_frames=8", "cmr_size=16", "num_subjects=120")]
+           + ["--config.data.cmr_frames=8", "--config.data.cmr_size=16", "--config.data.num_subjects=120",
+              "--config.tokenize_config.vae_config.model.base_channels=4"]
+           + [f"--config.tokenize_config.align_config.mae_config.model.{k}"
+              for k in ("width=32", "depth=1", "num_heads=2", "mlp_dim=64", "decoder_width=32",
+                        "decoder_depth=1", "decoder_heads=2", "decoder_mlp_dim=64")])
+  result = run_main(["--config=configs/mar.py", f"--workdir={workdir}"] + flags)
+  assert "running it first" not in result.stderr  # the tokens were reused
+  with open(workdir / "mar" / "results.json") as f:
+    results = json.load(f)
+  held = results["heldout_test"]
+  assert held["num_subjects"] == 6
+  for name in ("own_ecg", "shuffled_ecg", "no_condition", "vae_reconstruction"):
+    assert -1 <= held[name]["ssim"]["low"] <= held[name]["ssim"]["value"] <= held[name]["ssim"]["high"] <= 1
+    assert np.isfinite(held[name]["psnr"]["value"])
+  assert set(held["probe_r2"]) == {"true_cine", "own_ecg", "shuffled_ecg", "no_condition"}
+  samples = sorted(os.listdir(workdir / "mar" / "samples"))
+  assert len(samples) == 4 * 3 and any(s.endswith(".nii.gz") for s in samples)
+  # The NIfTI reads back through the project's own reader as the cine it wrote.
+  nifti = next(s for s in samples if s.endswith(".nii.gz"))
+  cine = readers.read_cmr(str(workdir / "mar" / "samples" / nifti))
+  assert cine.shape == (8, 16, 16)
