@@ -45,6 +45,8 @@ def get_config(arg=None):
       cfg_scale=3.0,
       cfg_schedule="linear",    # or "constant"
       temperature=1.0,
+      clip_x0=5.0,              # bound on each diffusion step's implied token (normalised latent
+                                # units; 0 = none); see models/diffusion.py::p_mean_variance
   ))
   config.eval = ml_collections.ConfigDict(dict(
       num_subjects=256,         # held-out subjects generated under each condition

@@ -108,14 +108,22 @@ def q_posterior(sched, x0, x_t, i):
   return mean, jnp.broadcast_to(_at(sched.posterior_log_variance_clipped, i, x_t), x_t.shape)
 
 
-def p_mean_variance(sched, eps, var_values, x_t, i):
+def p_mean_variance(sched, eps, var_values, x_t, i, clip_x0=None):
   """The model's p(x_{t-1} | x_t): mean from the predicted noise, log-variance
-  interpolated between the clipped posterior's and log beta_t by (v + 1) / 2."""
+  interpolated between the clipped posterior's and log beta_t by (v + 1) / 2.
+
+  `clip_x0` bounds the implied x0 to [-clip_x0, clip_x0] (ADM's
+  clip_denoised): at the cosine schedule's last step alpha-bar is ~2e-9, so
+  an error of 0.01 in the predicted noise puts x0 off by ~200 and, unclipped,
+  the whole chain with it.
+  """
   min_log = _at(sched.posterior_log_variance_clipped, i, x_t)
   max_log = _at(jnp.log(sched.betas), i, x_t)
   frac = (var_values + 1.0) / 2.0
   log_var = frac * max_log + (1.0 - frac) * min_log
   x0 = _at(sched.sqrt_recip_alphas_cumprod, i, x_t) * x_t - _at(sched.sqrt_recipm1_alphas_cumprod, i, x_t) * eps
+  if clip_x0 is not None:
+    x0 = jnp.clip(x0, -clip_x0, clip_x0)
   mean, _ = q_posterior(sched, x0, x_t, i)
   return mean, log_var
 
@@ -154,17 +162,18 @@ def training_losses(sched, net_fn, x0, rng):
   return mse + vb
 
 
-def sample(sched, net_fn, noise, rng, temperature=1.0):
+def sample(sched, net_fn, noise, rng, temperature=1.0, clip_x0=None):
   """Ancestral sampling from x_T = `noise` down the (respaced) schedule in one `lax.scan`.
 
   net_fn(x (N, C), timesteps (N,)) -> (eps, var_values), each (N, C). The
-  added noise is scaled by `temperature`.
+  added noise is scaled by `temperature`; `clip_x0`: see `p_mean_variance`.
   """
   def body(x, inputs):
     i, key = inputs
     idx = jnp.full((x.shape[0],), i)
     eps, var_values = net_fn(x, sched.timesteps[idx])
-    mean, log_var = p_mean_variance(sched, eps.astype(jnp.float32), var_values.astype(jnp.float32), x, idx)
+    mean, log_var = p_mean_variance(sched, eps.astype(jnp.float32), var_values.astype(jnp.float32), x,
+                                    idx, clip_x0)
     z = jax.random.normal(key, x.shape, jnp.float32)
     return mean + (i > 0) * jnp.exp(0.5 * log_var) * z * temperature, None
 

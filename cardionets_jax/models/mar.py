@@ -194,7 +194,7 @@ def mask_schedule(seq_len, num_iter):
 
 
 def sample_tokens(model, params, embedding, rng, *, sched, num_iter, cfg_scale=1.0,
-                  cfg_schedule="linear", temperature=1.0, conditioned=True):
+                  cfg_schedule="linear", temperature=1.0, clip_x0=None, conditioned=True):
   """Generates token sequences (B, S, token_dim); traceable under one `jax.jit`.
 
   `num_iter` autoregressive steps (unrolled: each has its own static token
@@ -203,6 +203,7 @@ def sample_tokens(model, params, embedding, rng, *, sched, num_iter, cfg_scale=1
   and guidance is off. Guidance: eps = eps_null + w (eps_cond - eps_null),
   w = cfg_scale ("constant") or rising linearly from 1 with the share of
   tokens known ("linear"); the variance comes from the conditioned pass.
+  `clip_x0` bounds each diffusion step's implied token (`diffusion.p_mean_variance`).
   """
   apply = lambda method, *args: model.apply({"params": params}, *args, method=method)
   b = embedding.shape[0]
@@ -243,7 +244,7 @@ def sample_tokens(model, params, embedding, rng, *, sched, num_iter, cfg_scale=1
 
     step_rng, noise_rng, rng = jax.random.split(rng, 3)
     noise = jax.random.normal(noise_rng, (b * n, model.token_dim), jnp.float32)
-    new = diffusion.sample(sched, net_fn, noise, step_rng, temperature).reshape(b, n, -1)
+    new = diffusion.sample(sched, net_fn, noise, step_rng, temperature, clip_x0).reshape(b, n, -1)
     tokens = tokens.at[jnp.arange(b)[:, None], new_idx].set(new)
   return tokens
 

@@ -164,7 +164,8 @@ def make_generate(config, model, vae, shape):
   def generate(params, frozen, vae_params, embedding, rng, conditioned):
     tokens = mar_lib.sample_tokens(model, params, embedding, rng, sched=sched, num_iter=s.num_iter,
                                    cfg_scale=s.cfg_scale, cfg_schedule=s.cfg_schedule,
-                                   temperature=s.temperature, conditioned=conditioned)
+                                   temperature=s.temperature, clip_x0=s.clip_x0 or None,
+                                   conditioned=conditioned)
     latent = from_tokens(tokens, frozen, patch, shape)
     return jnp.clip(vae.apply({"params": vae_params}, latent, method=vae.decode), -1.0, 1.0)
 
