@@ -12,18 +12,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes its ou
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging.Filter):
-  """Keeps INFO lines from our code; libraries (Orbax is chatty) speak at WARNING+."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "cardionets_jax" in record.pathname
-
-
 def main(argv):
   del argv
-  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-    handler.addFilter(_QuietLibraries())
   from cardionets_jax import stages
+  from cardionets_jax.train import metrics
+  metrics.quiet_libraries()
   config = _CONFIG.value
   workdir = os.path.abspath(_WORKDIR.value)
   logging.info("Stage %s, variant %s, workdir %s\n%s", config.stage, config.variant, workdir, config)

@@ -57,19 +57,52 @@ def tiny_config():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _TINY_DATA = ["cmr_frames=8", "cmr_size=16", "num_subjects=120"]
+
+
+def _data_flags(*prefixes):
+  return [f"--config.{p}data.{k}" for p in prefixes for k in _TINY_DATA]
+
+
+def _mae_flags(prefix):
+  """The tiny mae model and its short run, for a config embedding it at `prefix`."""
+  return ([f.replace("--config.", f"--config.{prefix}") for f in TINY_MAE_FLAGS
+           if "batch_size" not in f and "warmup" not in f and ".data." not in f]
+          + [f"--config.{prefix}train.num_steps=4", f"--config.{prefix}train.batch_size=8"])
+
+
+def _align_flags(prefix):
+  return (_mae_flags(prefix + "mae_config.")
+          + [f"--config.{prefix}model.{k}" for k in ("width=32", "depth=1", "num_heads=2", "mlp_dim=64")]
+          + [f"--config.{prefix}train.num_steps=4", f"--config.{prefix}train.batch_size=8",
+             f"--config.{prefix}align.pca_dim=8"])
+
+
+def _vae_flags(prefix):
+  return [f"--config.{prefix}model.base_channels=4", f"--config.{prefix}train.num_steps=4",
+          f"--config.{prefix}train.batch_size=8", f"--config.{prefix}train.eval_every=0"]
+
+
 # Overrides that make `main --config=configs/tokenize.py` (and its upstream stages) tiny.
 TINY_TOKENIZE_FLAGS = (
-    [f"--config.{p}data.{k}" for p in ("", "vae_config.", "align_config.", "align_config.mae_config.")
-     for k in _TINY_DATA]
-    + [f.replace("--config.", "--config.align_config.mae_config.") for f in TINY_MAE_FLAGS
-       if "batch_size" not in f and "warmup" not in f and ".data." not in f]
-    + ["--config.align_config.mae_config.train.num_steps=4",
-       "--config.align_config.mae_config.train.batch_size=8",
-       "--config.align_config.train.num_steps=4", "--config.align_config.train.batch_size=8",
-       "--config.align_config.align.pca_dim=8"]
-    + [f"--config.align_config.model.{k}" for k in ("width=32", "depth=1", "num_heads=2", "mlp_dim=64")]
-    + ["--config.vae_config.model.base_channels=4", "--config.vae_config.train.num_steps=4",
-       "--config.vae_config.train.batch_size=8", "--config.vae_config.train.eval_every=0"])
+    _data_flags("", "vae_config.", "align_config.", "align_config.mae_config.")
+    + _align_flags("align_config.") + _vae_flags("vae_config."))
+
+TINY_MAR_MODEL = dict(width=32, depth=1, num_heads=2, mlp_dim=64, decoder_width=32, decoder_depth=1,
+                      decoder_heads=2, decoder_mlp_dim=64, buffer_size=4, head_width=32, head_depth=1)
+# The mar stage on a workdir that `TINY_TOKENIZE_FLAGS` made.
+TINY_MAR_FLAGS = (
+    [f"--config.model.{k}={v}" for k, v in TINY_MAR_MODEL.items()]
+    + ["--config.model.patch=(2,2,2)", "--config.train.num_steps=6", "--config.train.batch_size=8",
+       "--config.train.warmup_steps=1", "--config.train.log_every=2", "--config.sample.num_iter=3",
+       "--config.sample.diffusion_steps=4", "--config.eval.num_subjects=6", "--config.eval.batch_size=4",
+       "--config.eval.n_boot=50", "--config.mar.latent_stats_examples=32"]
+    + _data_flags("")
+    + [f.replace("--config.", "--config.tokenize_config.") for f in TINY_TOKENIZE_FLAGS])
+# The finetune stage on the same workdir.
+TINY_FINETUNE_FLAGS = (
+    _data_flags("", "align_config.", "align_config.mae_config.") + _align_flags("align_config.")
+    + ["--config.train.num_steps=6", "--config.train.batch_size=8", "--config.train.eval_every=3",
+       "--config.finetune.label_fractions=(0.5,)", "--config.finetune.n_boot=50"])
 
 
 def run_main(args, timeout=900):
@@ -84,9 +117,25 @@ def run_main(args, timeout=900):
   return result
 
 
+def _log(workdir, name, result):
+  (workdir / "logs").mkdir(exist_ok=True)
+  (workdir / "logs" / f"{name}.stderr").write_text(result.stderr)
+
+
 @pytest.fixture(scope="session")
 def tokenized_workdir(tmp_path_factory):
   """A workdir where tiny mae, align, vae and tokenize have run (shared: read, don't modify)."""
   workdir = tmp_path_factory.mktemp("tokenized")
-  run_main(["--config=configs/tokenize.py", f"--workdir={workdir}"] + TINY_TOKENIZE_FLAGS)
+  _log(workdir, "tokenize", run_main(["--config=configs/tokenize.py", f"--workdir={workdir}"]
+                                     + TINY_TOKENIZE_FLAGS))
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tokenized_workdir):
+  """`tokenized_workdir` after tiny mar and finetune runs: everything screening reads."""
+  workdir = tokenized_workdir
+  _log(workdir, "mar", run_main(["--config=configs/mar.py", f"--workdir={workdir}"] + TINY_MAR_FLAGS))
+  _log(workdir, "finetune", run_main(["--config=configs/finetune.py", f"--workdir={workdir}"]
+                                     + TINY_FINETUNE_FLAGS))
   return workdir

@@ -17,11 +17,7 @@ from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import state as state_lib
 from cardionets_jax.train import step as step_lib
 from configs import mar as mar_configs
-from tests.conftest import run_main
-
-TINY_MODEL = dict(width=32, depth=1, num_heads=2, mlp_dim=64, decoder_width=32, decoder_depth=1,
-                  decoder_heads=2, decoder_mlp_dim=64, buffer_size=4, head_width=32, head_depth=1)
-
+from tests.conftest import TINY_MAR_MODEL
 
 def tiny_mar_config():
   """Latents (8, 4, 4, 8) as the tiny tokenize test makes them; (2, 2, 2) patches: 16 tokens of 64."""
@@ -29,7 +25,7 @@ def tiny_mar_config():
   vcfg = config.tokenize_config.vae_config
   vcfg.data.update(cmr_frames=8, cmr_size=16)
   vcfg.model.base_channels = 4
-  config.model.update(patch=(2, 2, 2), **TINY_MODEL)
+  config.model.update(patch=(2, 2, 2), **TINY_MAR_MODEL)
   config.train.update(batch_size=8, num_steps=4, warmup_steps=1)
   return config
 
@@ -151,25 +147,10 @@ def test_sharded_mar_step_equals_single_device_step_and_keeps_an_ema():
     np.testing.assert_allclose(e, 0.9 * i + 0.1 * p, rtol=1e-5, atol=1e-6)
 
 
-def test_mar_stage_on_a_tokenized_workdir(tokenized_workdir):
-  workdir = tokenized_workdir
-  flags = ([f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()]
-           + ["--config.model.patch=(2,2,2)", "--config.train.num_steps=6",
-              "--config.train.batch_size=8", "--config.train.warmup_steps=1",
-              "--config.train.log_every=2", "--config.sample.num_iter=3",
-              "--config.sample.diffusion_steps=4", "--config.eval.num_subjects=6",
-              "--config.eval.batch_size=4", "--config.eval.n_boot=50",
-              "--config.mar.latent_stats_examples=32"]
-           + [f"--config.tokenize_config.{p}data.{k}"
-              for p in ("", "vae_config.", "align_config.", "align_config.mae_config.")
-              for k in ("cmr_frames=8", "cmr_size=16", "num_subjects=120")]
-           + ["--config.data.cmr_frames=8", "--config.data.cmr_size=16", "--config.data.num_subjects=120",
-              "--config.tokenize_config.vae_config.model.base_channels=4"]
-           + [f"--config.tokenize_config.align_config.mae_config.model.{k}"
-              for k in ("width=32", "depth=1", "num_heads=2", "mlp_dim=64", "decoder_width=32",
-                        "decoder_depth=1", "decoder_heads=2", "decoder_mlp_dim=64")])
-  result = run_main(["--config=configs/mar.py", f"--workdir={workdir}"] + flags)
-  assert "running it first" not in result.stderr  # the tokens were reused
+def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
+  workdir = trained_workdir
+  log = (workdir / "logs" / "mar.stderr").read_text()
+  assert "running it first" not in log  # the tokens were reused
   with open(workdir / "mar" / "results.json") as f:
     results = json.load(f)
   held = results["heldout_test"]
@@ -184,3 +165,4 @@ def test_mar_stage_on_a_tokenized_workdir(tokenized_workdir):
   nifti = next(s for s in samples if s.endswith(".nii.gz"))
   cine = readers.read_cmr(str(workdir / "mar" / "samples" / nifti))
   assert cine.shape == (8, 16, 16)
+  assert os.path.isdir(workdir / "mar" / "generator")

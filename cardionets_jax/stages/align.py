@@ -84,6 +84,15 @@ def eval_crops(ecg, length, count):
   return [ecg[..., s:s + length] for s in starts]
 
 
+def crop_averaged(model, params, ecg, lead_mask, config):
+  """ECG features and aligned embedding, each averaged over `align.eval_crops` crops: how the
+  ECG encoder is read at evaluation, by tokenize (for the generator) and by screening."""
+  feats = [model.apply({"params": params}, crop, lead_mask, method=model.ecg_features)
+           for crop in eval_crops(ecg, config.model.num_samples, config.align.eval_crops)]
+  embeddings = [model.apply({"params": params}, f, method=model.embed_ecg) for f in feats]
+  return jnp.mean(jnp.stack(feats), axis=0), jnp.mean(jnp.stack(embeddings), axis=0)
+
+
 def augment(ecg, lead_mask, rng, config):
   """Training-time ECG augmentation: random crop, noise, lead dropout."""
   crop_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
@@ -188,14 +197,9 @@ class Evaluator:
 
   def __init__(self, config, model, cmr_encoder, trainer, data_dir, meta):
     self.config, self.trainer, self.data_dir, self.meta = config, trainer, data_dir, meta
-    length, count = config.model.num_samples, config.align.eval_crops
 
     def embed(params, frozen, batch):
-      feats = [model.apply({"params": params}, crop, batch["lead_mask"], method=model.ecg_features)
-               for crop in eval_crops(batch["ecg"], length, count)]
-      ecg_feat = jnp.mean(jnp.stack(feats), axis=0)
-      ecg_emb = jnp.mean(jnp.stack([model.apply({"params": params}, f, method=model.embed_ecg)
-                                    for f in feats]), axis=0)
+      ecg_feat, ecg_emb = crop_averaged(model, params, batch["ecg"], batch["lead_mask"], config)
       cmr_feat = cmr_encoder.apply({"params": frozen["cmr_encoder"]}, batch["cmr"])
       cmr_emb = model.apply({"params": params}, cmr_feat, method=model.embed_cmr)
       return ecg_feat, ecg_emb, cmr_feat, cmr_emb

@@ -3,6 +3,7 @@
 import logging
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -73,3 +74,12 @@ def upstream_checkpoint(config_path, workdir, stage, run_upstream):
                  workdir)
     run_upstream()
   return path
+
+
+def restore_params(path, subtree, init_fn, mesh):
+  """Restores `state.<subtree>` of a checkpoint replicated over `mesh`; shapes come from
+  `init_fn(rng)` (traced, nothing allocated). Returns (params, step)."""
+  abstract = nn.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                       sharding=mesh_lib.replicated(mesh)), abstract)
+  return ckpt_lib.restore_subtree(path, subtree, target)

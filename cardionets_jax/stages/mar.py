@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +31,6 @@ from cardionets_jax.stages import common
 from cardionets_jax.stages import mae as mae_stage
 from cardionets_jax.stages import tokenize as tokenize_stage
 from cardionets_jax.stages import vae as vae_stage
-from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
@@ -172,13 +170,6 @@ def make_generate(config, model, vae, shape):
   return jax.jit(generate, static_argnames=("conditioned",))
 
 
-def _restore_params(path, subtree, init_fn, mesh):
-  abstract = nn.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                       sharding=mesh_lib.replicated(mesh)), abstract)
-  return ckpt_lib.restore_subtree(path, subtree, target)
-
-
 class Evaluator:
   """Generated vs true held-out cines under each condition, and the mae phenotype probe."""
 
@@ -192,11 +183,11 @@ class Evaluator:
     mae_ckpt = config.init.mae_checkpoint or os.path.join(workdir, "mae", "checkpoints")
     self.vae = vae_stage.build_vae(vcfg)
     video = jnp.zeros((1,) + vae_stage.cmr_shape(vcfg), jnp.uint8)
-    self.vae_params, vae_step = _restore_params(
+    self.vae_params, vae_step = common.restore_params(
         vae_ckpt, ("params", "vae"),
         lambda r: self.vae.init({"params": r, "sample": r}, video)["params"], mesh)
     encoder = mae_stage.build_encoder(mcfg)
-    self.encoder_params, mae_step = _restore_params(
+    self.encoder_params, mae_step = common.restore_params(
         mae_ckpt, ("params", "encoder"),
         lambda r: encoder.init(r, jnp.zeros((1,) + mae_stage.cmr_shape(mcfg), jnp.uint8))["params"], mesh)
     self.sources = dict(vae=f"{vae_ckpt}/{vae_step}", mae=f"{mae_ckpt}/{mae_step}")
@@ -345,6 +336,20 @@ def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
     plt.close(fig)
 
 
+def generator_dir(workdir):
+  return os.path.join(workdir, "mar", "generator")
+
+
+def export_generator(state, workdir):
+  """The sampling weights (EMA params) and the latent normalisation, for screening."""
+  import orbax.checkpoint as ocp
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(generator_dir(workdir)),
+                    dict(params=state_lib.ema_params(state), frozen=state.frozen),
+                    force=True)
+  checkpointer.wait_until_finished()
+
+
 def run(config, workdir):
   from cardionets_jax import stages
   start = time.time()
@@ -362,6 +367,7 @@ def run(config, workdir):
   model, task = make_task(config, tokens_dir)
   trainer = loop.Trainer(config, stage_dir, tokens_dir, task)
   state = trainer.fit()
+  export_generator(state, workdir)
   evaluator = Evaluator(config, workdir, model, trainer, tokens_dir, cohort_dir, cohort_meta)
   result, generated, truth, ids = evaluator.evaluate(state)
   step = int(state.step)

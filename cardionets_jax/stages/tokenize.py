@@ -9,7 +9,6 @@ import json
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -19,17 +18,8 @@ from cardionets_jax.models import vae3d
 from cardionets_jax.stages import align
 from cardionets_jax.stages import common
 from cardionets_jax.stages import vae as vae_stage
-from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
-
-
-def _restore(path, subtree, init_fn, mesh):
-  """Restores `state.<subtree>` replicated on the mesh, shapes from `init_fn`."""
-  abstract = nn.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                       sharding=mesh_lib.replicated(mesh)), abstract)
-  return ckpt_lib.restore_subtree(path, subtree, target)
 
 
 def tokens_dir(workdir):
@@ -49,20 +39,18 @@ def run(config, workdir):
 
   vae = vae_stage.build_vae(config.vae_config)
   video = jnp.zeros((1,) + vae_stage.cmr_shape(config.vae_config), jnp.uint8)
-  vae_params, vae_step = _restore(
+  vae_params, vae_step = common.restore_params(
       vae_ckpt, ("params", "vae"),
       lambda r: vae.init({"params": r, "sample": r}, video)["params"], mesh)
   model, _, align_task = align.make_task(config.align_config)
-  align_params, align_step = _restore(align_ckpt, ("params",), align_task.init_params, mesh)
+  align_params, align_step = common.restore_params(align_ckpt, ("params",), align_task.init_params,
+                                                   mesh)
   acfg = config.align_config
 
   @jax.jit
   def encode(batch):
     posterior = vae.apply({"params": vae_params}, batch["cmr"], method=vae.encode)
-    feats = [model.apply({"params": align_params}, crop, batch["lead_mask"], method=model.ecg_features)
-             for crop in align.eval_crops(batch["ecg"], acfg.model.num_samples, acfg.align.eval_crops)]
-    embedding = jnp.mean(jnp.stack([model.apply({"params": align_params}, f, method=model.embed_ecg)
-                                    for f in feats]), axis=0)
+    _, embedding = align.crop_averaged(model, align_params, batch["ecg"], batch["lead_mask"], acfg)
     return posterior.mean, posterior.logvar, embedding
 
   def split_examples(split):

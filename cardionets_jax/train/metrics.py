@@ -77,3 +77,19 @@ def _fmt(seconds):
 def log(message, *args):
   if jax.process_index() == 0:
     logging.info(message, *args)
+
+
+class _QuietLibraries(logging.Filter):
+  """Keeps INFO lines from our code; libraries (Orbax is chatty) speak at WARNING+."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "cardionets_jax" in record.pathname
+
+
+def quiet_libraries():
+  """Installs the absl handler (if an entry point has not) with the filter above."""
+  from absl import logging as absl_logging
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    handler.addFilter(_QuietLibraries())
