@@ -227,8 +227,9 @@ def write_report(path, name, ecg, fs, result, cine=None, num_frames=5):
   import matplotlib.pyplot as plt
   leads = list(readers.STANDARD_LEADS)
   seconds = ecg.shape[1] / fs
-  fig = plt.figure(figsize=(11, 13))
-  grid = fig.add_gridspec(3, 2, height_ratios=[4.2, 3.2, 1.6], hspace=0.35, wspace=0.25)
+  fig = plt.figure(figsize=(11, 12))
+  grid = fig.add_gridspec(3, 2, height_ratios=[5.0, 3.2, 1.6], hspace=0.3, wspace=0.25,
+                          left=0.1, right=0.97, top=0.94, bottom=0.03)
   ax = fig.add_subplot(grid[0, :])
   row_gap = 3.0
   segment = seconds / 4
@@ -245,7 +246,7 @@ def write_report(path, name, ecg, fs, result, cine=None, num_frames=5):
   low, high = base - 1.5, 1.5
   _ecg_paper(ax, seconds, low, high)
   ax.set(xlim=(0, seconds), ylim=(low, high), xlabel="s (25 mm/s)", yticks=[])
-  ax.set_aspect(0.2 / 0.5 * 0.4 / 0.4 * 0.4)  # 0.2 s and 0.5 mV are both one major square
+  ax.set_aspect(0.4)  # 25 mm/s and 10 mm/mV: 0.2 s and 0.5 mV are both one 5 mm square
   checks = result["input"]
   ax.set_title(f"{name}: 12-lead ECG ({checks['fs_in']:g} Hz"
                f"{', resampled to 250 Hz' if checks['resampled'] else ''}; band-passed 0.67-40 Hz)",
@@ -271,12 +272,12 @@ def write_report(path, name, ecg, fs, result, cine=None, num_frames=5):
   ax = fig.add_subplot(grid[1, 1])
   diseases = result["diseases"]
   for i, (n, d) in enumerate(diseases.items()):
-    ax.barh(i, d["probability"], color="#cc0000" if d["positive"] else "#1f4e79", height=0.5)
-    ax.plot([d["threshold"]] * 2, [i - 0.35, i + 0.35], "k--", lw=1)
-    ax.text(min(d["probability"], 0.75) + 0.02, i, f"{d['probability']:.2f}", va="center", fontsize=8)
-  ax.set(yticks=range(len(diseases)), xlim=(0, 1), xlabel="probability (dashed: decision threshold)")
-  ax.set_yticklabels(list(diseases), fontsize=8)
-  ax.invert_yaxis()
+    ax.barh(i, d["probability"], color="#cc0000" if d["positive"] else "#1f4e79", height=0.4)
+    ax.plot([d["threshold"]] * 2, [i - 0.3, i + 0.3], "k--", lw=1)
+    ax.text(0.0, i - 0.32, f"{n.replace('_', ' ')}: {d['probability']:.2f}"
+            f"{' (above threshold)' if d['positive'] else ''}", fontsize=8)
+  ax.set(yticks=[], xlim=(0, 1), ylim=(len(diseases) - 0.5, -0.7),
+         xlabel="probability (dashed: decision threshold)")
   ax.set_title("Disease screening", fontsize=9)
 
   if cine is not None:
