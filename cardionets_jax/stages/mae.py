@@ -158,6 +158,9 @@ class Evaluator:
     with mesh_lib.active(t.mesh, t.rules):
       dev = mesh_lib.replicated_batch(batch, t.mesh, t.rules)
       pred, mask = self._recon(params, dev["cmr"], jax.random.PRNGKey(0))
+    pred, mask = mesh_lib.to_host(pred), mesh_lib.to_host(mask)
+    if jax.process_index() != 0:
+      return
     patch = self.model.encoder.patch
     shape = cmr_shape(self.config)
     video = vit.cmr_to_float(jnp.asarray(batch["cmr"]))
@@ -222,9 +225,9 @@ def run(config, workdir):
       num_examples={s: v["num_examples"] for s, v in meta.splits.items()},
       data=data_dir, checkpoint=os.path.join(trainer.checkpoint_dir, str(step)),
       wall_time_s=time.time() - start)
+  figure = os.path.join(stage_dir, "reconstructions.png")
+  evaluator.reconstruction_figure(state.params, figure)  # every process computes, process 0 draws
   if jax.process_index() == 0:
-    figure = os.path.join(stage_dir, "reconstructions.png")
-    evaluator.reconstruction_figure(state.params, figure)
     with open(os.path.join(stage_dir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
     metrics_lib.log("Held-out reconstruction loss %.4f -> %.4f", init_loss, final_loss)

@@ -152,7 +152,11 @@ class Evaluator:
     batch, _ = next(pipeline.eval_batches(self.data_dir, common.eval_split(self.meta, "test"),
                                           ("cmr",), 16))
     with mesh_lib.active(t.mesh, t.rules):
-      recon, *_ = self._reconstruct(params["vae"], jnp.asarray(batch["cmr"]))
+      dev = mesh_lib.replicated_batch({"cmr": batch["cmr"]}, t.mesh, t.rules)
+      recon, *_ = self._reconstruct(params["vae"], dev["cmr"])
+    recon = mesh_lib.to_host(recon)
+    if jax.process_index() != 0:
+      return
     original = np.asarray(vit.cmr_to_float(batch["cmr"]))
     recon = np.asarray(recon)
     frames = np.linspace(0, original.shape[1] - 1, num_frames).astype(int)
@@ -203,8 +207,8 @@ def run(config, workdir):
                  heldout_initial_val=initial, heldout_test=final,
                  checkpoint=os.path.join(trainer.checkpoint_dir, str(int(state.step))),
                  wall_time_s=time.time() - start)
+  evaluator.figures(state.params, stage_dir)  # every process computes, process 0 draws
   if jax.process_index() == 0:
-    evaluator.figures(state.params, stage_dir)
     with open(os.path.join(stage_dir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
     metrics_lib.log("Held-out reconstruction: PSNR %.2f dB, SSIM %.3f (before training %.2f dB, %.3f); "
