@@ -95,14 +95,9 @@ def make_optimizer(train_config, lr_scales=None):
   return optax.chain(*parts), schedule
 
 
-def create_state(init_params: Callable, tx, seed, mesh, rules, init_frozen: Callable = None):
-  """Initialises the state directly into its shardings.
-
-  `init_params(rng)` returns params boxed with logical axes. The state is
-  traced with `jax.eval_shape` (nothing allocated), its shardings derived from
-  the boxes, and built by a jit with those out_shardings: no host ever holds
-  the whole model. Returns (state, state_shardings, abstract_boxed_params).
-  """
+def abstract_state(init_params: Callable, tx, seed, mesh, rules, init_frozen: Callable = None):
+  """The boxed state's shapes (`jax.eval_shape`: nothing allocated), its shardings, and a
+  function that builds it. Returns (abstract boxed state, shardings, build(rng))."""
   init_frozen = init_frozen or (lambda: {})
 
   def boxed_state(rng):
@@ -111,11 +106,25 @@ def create_state(init_params: Callable, tx, seed, mesh, rules, init_frozen: Call
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       frozen=init_frozen(), rng=state_rng)
 
-  rng = jax.random.PRNGKey(seed)
+  key = jax.eval_shape(jax.random.PRNGKey, seed)  # shapes only: no device runs anything
   with mesh_lib.active(mesh, rules):
-    abstract = jax.eval_shape(boxed_state, rng)
+    abstract = jax.eval_shape(boxed_state, key)
     shardings = mesh_lib.tree_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda r: nn.unbox(boxed_state(r)), out_shardings=shardings)(rng)
+  return abstract, shardings, boxed_state
+
+
+def create_state(init_params: Callable, tx, seed, mesh, rules, init_frozen: Callable = None):
+  """Initialises the state directly into its shardings.
+
+  `init_params(rng)` returns params boxed with logical axes. The state is
+  traced with `jax.eval_shape` (nothing allocated), its shardings derived from
+  the boxes, and built by a jit with those out_shardings: no host ever holds
+  the whole model. Returns (state, state_shardings, abstract_boxed_params).
+  """
+  abstract, shardings, boxed_state = abstract_state(init_params, tx, seed, mesh, rules, init_frozen)
+  with mesh_lib.active(mesh, rules):
+    state = jax.jit(lambda r: nn.unbox(boxed_state(r)), out_shardings=shardings)(
+        jax.random.PRNGKey(seed))
   return state, shardings, abstract.params
 
 
