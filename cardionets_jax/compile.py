@@ -27,6 +27,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file.")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "e.g. v5p:4x4x4, v5e:8x8, or cpu:8.")
+_HBM_GIB = flags.DEFINE_float("hbm_gib", None, "Memory per device to check against (default: the "
+                              "TPU chip's HBM; needed for a verdict on other devices).")
 
 # HBM per chip (GiB), from the vendors' data sheets; keys match the compile-only device_kind.
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5p": 95, "TPU v5": 95,
@@ -60,8 +62,10 @@ def hbm_bytes(device_kind):
   return None
 
 
-def compile_train_step(config, devices):
-  """Lowers and compiles `config`'s train step for `devices`; returns a dict of figures."""
+def compile_train_step(config, devices, hbm_gib=None):
+  """Lowers and compiles `config`'s train step for `devices`; returns a dict of figures.
+
+  The verdict compares the peak with `hbm_gib` GiB per device, by default the TPU chip's HBM."""
   import jax
 
   from cardionets_jax import stages
@@ -90,7 +94,7 @@ def compile_train_step(config, devices):
       step_lib.make_train_step(task.loss_fn, tx, schedule, config.train.grad_accum_steps),
       shardings, mesh, rules, {k: len(s) + 1 for k, (s, _) in spec.items()})
   kind = devices[0].device_kind
-  hbm = hbm_bytes(kind) if devices[0].platform == "tpu" else None
+  hbm = int(hbm_gib * 2**30) if hbm_gib else (hbm_bytes(kind) if devices[0].platform == "tpu" else None)
   out = dict(stage=config.stage, variant=config.variant, device_kind=kind, devices=len(devices),
              mesh=dict(mesh.shape), batch_size=b, grad_accum_steps=config.train.grad_accum_steps,
              compute_dtype=config.train.compute_dtype,
@@ -124,14 +128,14 @@ def compile_train_step(config, devices):
     out["verdict"] = "fits" if peak <= hbm else "does_not_fit"
     out["peak_fraction_of_hbm"] = round(peak / hbm, 3)
   else:
-    out["verdict"] = "compiled (no HBM figure for this device kind)"
+    out["verdict"] = "compiled (no memory figure for this device kind: pass --hbm_gib)"
   return out
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
-  print(json.dumps(compile_train_step(config, topology_devices(_TOPOLOGY.value))))
+  print(json.dumps(compile_train_step(config, topology_devices(_TOPOLOGY.value), _HBM_GIB.value)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""Sweeps: grid expansion, commands, a real run, and the gathered CSV."""
+
+import csv
+import importlib.util
+import os
+
+import pytest
+
+from tests.conftest import REPO
+from tests.conftest import TINY_MAE_FLAGS
+
+_spec = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "launch", "sweep.py"))
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+
+def test_grid_expands_to_every_combination_and_seed():
+  grid = sweep.parse_grid("finetune.layer_decay=0.65,0.75; train.lr=1e-4,3e-4")
+  runs = sweep.expand(grid, [0, 1, 2])
+  assert len(runs) == 12 and len({name for name, _, _ in runs}) == 12
+  name, overrides, seed = runs[0]
+  assert name == "layer_decay=0.65_lr=1e-4_seed=0"
+  assert overrides == {"finetune.layer_decay": "0.65", "train.lr": "1e-4"} and seed == 0
+  cmd = sweep.command("configs/finetune.py", "R/x", overrides, seed, ["train.num_steps=5"])
+  assert cmd[-4:] == ["--config.train.num_steps=5", "--config.finetune.layer_decay=0.65",
+                      "--config.train.lr=1e-4", "--config.seed=0"]
+  with pytest.raises(ValueError, match="KEY=V1,V2"):
+    sweep.parse_grid("train.lr")
+
+
+def test_a_real_sweep_runs_skips_and_gathers(tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)  # the runs use the real CPU
+  fixed = [f[len("--config."):] for f in TINY_MAE_FLAGS] + ["train.num_steps=2", "train.log_every=1"]
+  args = ["--config=configs/mae.py", f"--root={tmp_path}", "--grid=train.lr=1e-3",
+          "--seeds=0,1"] + [f"--set={s}" for s in fixed]
+  assert sweep.main(args + ["--print"]) == 0
+  printed = capsys.readouterr().out.strip().splitlines()
+  assert len(printed) == 2 and "--config.seed=1" in printed[1]
+
+  # Run the seed-0 point, then sweep both: seed 0 is skipped, seed 1 runs; one row each.
+  assert sweep.main(args[:3] + ["--seeds=0"] + args[4:]) == 0
+  assert sweep.main(args) == 0
+  assert "lr=1e-3_seed=0: finished, skipped" in capsys.readouterr().out
+  with open(tmp_path / "results.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["run"] for r in rows] == ["lr=1e-3_seed=0", "lr=1e-3_seed=1"]
+  assert all(r["status"] == "finished" and r["train.lr"] == "1e-3" for r in rows)
+  assert float(rows[0]["heldout_reconstruction_loss.final"]) > 0
+  assert rows[0]["heldout_reconstruction_loss.final"] != rows[1]["heldout_reconstruction_loss.final"]
