@@ -14,7 +14,7 @@ MODELS = {
     "base": dict(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
                  latent_channels=16, temporal_down=(True, False, False)),
     # The tiny cohort's 25 frames are odd: no temporal down-sampling; 4x spatial.
-    "tiny": dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, latent_channels=8,
+    "tiny": dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, latent_channels=4,
                  temporal_down=(False, False)),
 }
 

@@ -11,6 +11,7 @@ generated ones.
 """
 
 import json
+import logging
 import os
 import time
 
@@ -55,6 +56,11 @@ def embed_dim(config):
 def build_model(config):
   m = config.model
   seq_len, token_dim = mar_lib.token_layout(latent_shape(config), tuple(m.patch))
+  if m.head_width < token_dim:
+    # Near t = T the noise to predict is almost the head's input: through a narrower hidden
+    # layer it cannot be, and sampling diverges.
+    logging.warning("model.head_width %d is narrower than a token (%d values): the diffusion head "
+                    "cannot pass its input through; widen it", m.head_width, token_dim)
   return mar_lib.MAR(
       seq_len=seq_len, token_dim=token_dim, width=m.width, depth=m.depth, num_heads=m.num_heads,
       mlp_dim=m.mlp_dim, decoder_width=m.decoder_width, decoder_depth=m.decoder_depth,
