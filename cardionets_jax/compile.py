@@ -126,7 +126,7 @@ def compile_train_step(config, devices, hbm_gib=None):
              xla_cost_analysis_tflop_per_device=float((cost or {}).get("flops", 0.0)) / 1e12)
   if hbm is not None:
     out["verdict"] = "fits" if peak <= hbm else "does_not_fit"
-    out["peak_fraction_of_hbm"] = round(peak / hbm, 3)
+    out["peak_fraction_of_hbm"] = peak / hbm
   else:
     out["verdict"] = "compiled (no memory figure for this device kind: pass --hbm_gib)"
   return out

@@ -20,7 +20,7 @@ from configs import mar as mar_configs
 from tests.conftest import TINY_MAR_MODEL
 
 def tiny_mar_config():
-  """Latents (8, 4, 4, 8) as the tiny tokenize test makes them; (2, 2, 2) patches: 16 tokens of 64."""
+  """Latents (8, 4, 4, 4) as the tiny tokenize test makes them; (2, 2, 2) patches: 16 tokens of 32."""
   config = mar_configs.get_config()
   vcfg = config.tokenize_config.vae_config
   vcfg.data.update(cmr_frames=8, cmr_size=16)
@@ -101,7 +101,7 @@ def test_sampler_fills_every_token_and_is_deterministic_per_key():
   a = np.asarray(sample(params, emb, jax.random.PRNGKey(2)))
   b = np.asarray(sample(params, emb, jax.random.PRNGKey(2)))
   c = np.asarray(sample(params, emb, jax.random.PRNGKey(3)))
-  assert a.shape == (3, 16, 64) and np.isfinite(a).all()
+  assert a.shape == (3, 16, 32) and np.isfinite(a).all()
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
   assert (np.abs(a).sum(-1) > 0).all()  # every token was generated (the canvas starts at 0)
@@ -123,8 +123,8 @@ def one_step(config, devices, batch):
 
 def mar_batch(n=8, seed=0):
   rng = np.random.default_rng(seed)
-  return {"latent_mean": rng.normal(size=(n, 8, 4, 4, 8)).astype(np.float32),
-          "latent_logvar": np.full((n, 8, 4, 4, 8), -4.0, np.float32),
+  return {"latent_mean": rng.normal(size=(n, 8, 4, 4, 4)).astype(np.float32),
+          "latent_logvar": np.full((n, 8, 4, 4, 4), -4.0, np.float32),
           "ecg_embedding": rng.normal(size=(n, 256)).astype(np.float32)}
 
 

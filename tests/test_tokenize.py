@@ -20,7 +20,7 @@ def test_tokenize_chain_and_round_trip(tokenized_workdir):
     assert os.path.exists(tmp_path / stage / "results.json"), stage
   tokens = tokenize.tokens_dir(str(tmp_path))
   meta = records.DatasetMeta.load(tokens)
-  assert meta.shapes["latent_mean"] == [8, 4, 4, 8]
+  assert meta.shapes["latent_mean"] == [8, 4, 4, 4]
   cohort_meta = records.DatasetMeta.load(str(next((tmp_path / "data").iterdir())))
   assert {s: v["num_examples"] for s, v in meta.splits.items()} == {
       s: v["num_with_cmr"] for s, v in cohort_meta.splits.items()}
@@ -50,4 +50,4 @@ def test_tokenize_chain_and_round_trip(tokenized_workdir):
   # The generator streams them through the training pipeline.
   it = pipeline.train_iterator(tokens, "train", ("latent_mean", "ecg_embedding"), 4, seed=0)
   batch = next(it)
-  assert batch["latent_mean"].shape == (4, 8, 4, 4, 8) and batch["ecg_embedding"].shape == (4, 256)
+  assert batch["latent_mean"].shape == (4, 8, 4, 4, 4) and batch["ecg_embedding"].shape == (4, 256)

@@ -21,7 +21,7 @@ def test_vae_stage_trains_and_reports_heldout_psnr_ssim(tmp_path):
   out = tmp_path / "vae"
   with open(out / "results.json") as f:
     results = json.load(f)
-  assert results["latent_shape"] == [8, 4, 4, 8]
+  assert results["latent_shape"] == [8, 4, 4, 4]
   assert results["heldout_test"]["psnr"] > results["heldout_initial_val"]["psnr"]
   assert -1.0 <= results["heldout_test"]["ssim"] <= 1.0
   for name in ("reconstructions.png", "reconstructions.gif", "metrics.jsonl"):
