@@ -28,7 +28,14 @@ def _command(workdir, *extra):
 
 
 def _params(workdir):
-  state = ocp.PyTreeCheckpointer().restore(str(workdir / "mae" / "checkpoints" / str(STEPS) / "state"))
+  """The saved params as numpy, whatever devices saved them."""
+  import jax
+  path = str(workdir / "mae" / "checkpoints" / str(STEPS) / "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   return state["params"]
 
 
@@ -57,7 +64,15 @@ def test_two_processes_match_one_process(tmp_path):
 
   one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
   import jax
+  compared = 0
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one), jax.tree.leaves(two)):
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    name = jax.tree_util.keystr(path)
+    if "key_bias" in name:
+      # Softmax ignores a bias shared by every key: its gradient is 0 up to rounding, which
+      # Adam scales up differently for different reduction orders.
+      continue
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=name)
+    compared += 1
+  assert compared > 20
   assert os.path.exists(tmp_path / "two" / "mae" / "results.json")
   assert os.path.exists(tmp_path / "two" / "mae" / "reconstructions.png")
