@@ -402,7 +402,10 @@ def parse_args(argv):
   parser.add_argument("--method", default=None, help="finetune method (default: aligned, most labels)")
   parser.add_argument("--batch-size", type=int, default=16, help="records per compiled batch")
   parser.add_argument("--seed", type=int, default=0, help="sampling seed of the cines")
-  return parser.parse_args(argv)
+  parser.add_argument("more_ecg", nargs="*", metavar="PATH", help="more records (--ecg=A B C)")
+  args = parser.parse_args(argv)
+  args.ecg = args.ecg + args.more_ecg
+  return args
 
 
 def main(argv=None):
