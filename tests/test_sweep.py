@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import json
 import os
 
 import pytest
@@ -37,13 +38,18 @@ def test_a_real_sweep_runs_skips_and_gathers(tmp_path, capsys, monkeypatch):
   printed = capsys.readouterr().out.strip().splitlines()
   assert len(printed) == 2 and "--config.seed=1" in printed[1]
 
-  # Run the seed-0 point, then sweep both: seed 0 is skipped, seed 1 runs; one row each.
-  assert sweep.main(args[:3] + ["--seeds=0"] + args[4:]) == 0
+  # Seed 1 finished earlier (its results.json is there): the sweep runs seed 0 only, skips seed 1,
+  # and gathers both.
+  (tmp_path / "lr=1e-3_seed=1" / "mae").mkdir(parents=True)
+  (tmp_path / "lr=1e-3_seed=1" / "mae" / "results.json").write_text(
+      '{"heldout_reconstruction_loss": {"final": 0.5}, "variant": "tiny"}')
   assert sweep.main(args) == 0
-  assert "lr=1e-3_seed=0: finished, skipped" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "[1/2] lr=1e-3_seed=0\n" in out and "lr=1e-3_seed=1: finished, skipped" in out
   with open(tmp_path / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
   assert [r["run"] for r in rows] == ["lr=1e-3_seed=0", "lr=1e-3_seed=1"]
   assert all(r["status"] == "finished" and r["train.lr"] == "1e-3" for r in rows)
-  assert float(rows[0]["heldout_reconstruction_loss.final"]) > 0
-  assert rows[0]["heldout_reconstruction_loss.final"] != rows[1]["heldout_reconstruction_loss.final"]
+  real = json.loads((tmp_path / "lr=1e-3_seed=0" / "mae" / "results.json").read_text())
+  assert float(rows[0]["heldout_reconstruction_loss.final"]) == real["heldout_reconstruction_loss"]["final"]
+  assert rows[0]["step"] == "2" and rows[1]["heldout_reconstruction_loss.final"] == "0.5"
