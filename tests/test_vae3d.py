@@ -16,8 +16,10 @@ from cardionets_jax import losses
 from cardionets_jax.models import vae3d
 from cardionets_jax.train.state import param_count as count
 from configs import common
+from configs import vae as vae_configs
 
-BASE = vae3d.SIZES["base"]
+BASE = vae_configs.MODELS["base"]
+TINY = vae_configs.MODELS["tiny"]
 # Small enough to compile and run in a second or two: (4, 8, 8) -> (2, 4, 4, 4).
 SMALL = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, latent_channels=4,
              temporal_down=(True,))
@@ -117,7 +119,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
 
 
 @pytest.mark.parametrize("sizes,video,expected", [
-    (vae3d.SIZES["tiny"], (16, 32, 32), (8, 8, 8, 8)),
+    (TINY, (16, 32, 32), (16, 8, 8, 4)),
     (dict(channel_mult=(1, 2), temporal_down=(False,), latent_channels=3), (6, 8, 12),
      (6, 4, 6, 3)),
     (dict(channel_mult=(1, 1, 1, 1), temporal_down=(True, True, False), latent_channels=2),
@@ -151,7 +153,7 @@ def test_sizes_that_do_not_divide_raise():
 
 def test_vae_flops_is_the_sum_over_the_models_convs():
   """The analytic count equals 2 * out_voxels * k^3 * c_in * c_out over every Conv3D called."""
-  cases = ((SMALL, SMALL_VIDEO), (vae3d.SIZES["tiny"], (16, 32, 32)), (BASE, (50, 96, 96)))
+  cases = ((SMALL, SMALL_VIDEO), (TINY, (16, 32, 32)), (BASE, (50, 96, 96)))
   for sizes, video in cases:
     model = vae3d.VAE3D(**sizes)
     seen = []

@@ -53,17 +53,6 @@ Dtype = Any
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
-# Sizes per variant (the stage config sets these; kept here for reference and tests).
-SIZES = {
-    "base": dict(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
-                 latent_channels=16, temporal_down=(True, False, False)),
-    # (16, 32, 32) -> (8, 8, 8, 8); ~0.95 GFLOPs forward per example: a
-    # train step at batch 8 takes ~0.8 s on 2 busy CPU cores (conv_impl
-    # "taps"). base_channels=16 is 4x the FLOPs (~2 s a step).
-    "tiny": dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
-                 latent_channels=8, temporal_down=(True, False)),
-}
-
 ACTIVATION_AXES = ("batch", "frames", "height", "width", "channels")
 
 
