@@ -78,8 +78,9 @@ def _align_flags(prefix):
 
 
 def _vae_flags(prefix):
-  return [f"--config.{prefix}model.base_channels=4", f"--config.{prefix}train.num_steps=4",
-          f"--config.{prefix}train.batch_size=8", f"--config.{prefix}train.eval_every=0"]
+  return [f"--config.{prefix}model.base_channels=4", f"--config.{prefix}train.num_steps=6",
+          f"--config.{prefix}train.batch_size=8", f"--config.{prefix}train.eval_every=3",
+          f"--config.{prefix}vae.adv_start=4", f"--config.{prefix}train.log_every=2"]
 
 
 # Overrides that make `main --config=configs/tokenize.py` (and its upstream stages) tiny.

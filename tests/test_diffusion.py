@@ -107,7 +107,7 @@ def test_head_learns_a_gaussian_mixture_and_the_sampler_recovers_it():
   sched = diffusion.make_schedule(T)
   key = jax.random.PRNGKey(0)
   params = head.init(key, jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, 3)))["params"]
-  tx = optax.adam(optax.cosine_decay_schedule(3e-3, 3000, 0.05))
+  tx = optax.adam(optax.cosine_decay_schedule(3e-3, 1500, 0.05))
   opt = tx.init(params)
 
   @jax.jit
@@ -122,7 +122,7 @@ def test_head_learns_a_gaussian_mixture_and_the_sampler_recovers_it():
     updates, opt = tx.update(grads, opt)
     return optax.apply_updates(params, updates), opt, loss
 
-  for i in range(3000):
+  for i in range(1500):
     params, opt, _ = step(params, opt, jax.random.fold_in(key, i))
 
   sampler = diffusion.make_schedule(T, 100)
