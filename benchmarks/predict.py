@@ -51,7 +51,7 @@ def main(argv):
       phenotype_names=[n for n, _ in synthetic.PHENOTYPES], label_names=list(synthetic.LABELS),
       phenotype_mean=[0.0] * len(synthetic.PHENOTYPES), phenotype_std=[1.0] * len(synthetic.PHENOTYPES))
   ft_config = finetune_configs.get_config(f"variant={_VARIANT.value}")
-  method = finetune.Method(ft_config, "aligned", 1.0, 0, None, None, meta)
+  method = finetune.Method(ft_config, "aligned", 1.0, 0, "", None, meta)  # nothing is read
   variables = nn.unbox(jax.jit(method._init_all)(rng))  # pylint: disable=protected-access
   predict = method.predictor()
   ecg = jax.random.normal(rng, (b, 12, 2500))
