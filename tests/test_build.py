@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from cardionets_jax.data import build
-from cardionets_jax.data import pipeline
 from cardionets_jax.data import preprocess
 from cardionets_jax.data import readers
 from cardionets_jax.data import records

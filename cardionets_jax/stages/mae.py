@@ -4,7 +4,6 @@ Hands on `params/encoder` (a `CmrEncoder`) through its Orbax checkpoint.
 """
 
 import json
-import logging
 import os
 import time
 

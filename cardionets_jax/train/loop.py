@@ -7,7 +7,6 @@ NaN guard.
 """
 
 import dataclasses
-import logging
 import os
 from typing import Any, Callable, Optional
 
