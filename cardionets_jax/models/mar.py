@@ -73,8 +73,7 @@ class MAR(nn.Module):
 
   def setup(self):
     dense = lambda f, axes, name: layers.logical_dense(f, axes, dtype=self.dtype, name=name)
-    embedding = lambda name, shape, axes: self.param(
-        name, nn.with_logical_partitioning(nn.initializers.normal(0.02), axes), shape, jnp.float32)
+    embedding = lambda name, shape, axes: layers.learned_embedding(self, name, shape, axes)
     self.cond_fc1 = dense(self.width, ("embed", "mlp"), "cond_fc1")
     self.cond_fc2 = dense(self.width, ("mlp", "embed"), "cond_fc2")
     self.null_condition = embedding("null_condition", (self.width,), ("embed",))
