@@ -27,7 +27,11 @@ setuptools.setup(
     name="cardionets-jax",
     version="0.1.0",
     description="JAX/Flax reimplementation of CardioNets (ECG to cardiac MRI).",
-    packages=setuptools.find_packages(include=["cardionets_jax", "cardionets_jax.*", "configs"]),
+    # The stage configs install as `cardionets_jax_configs` (the folder stays `configs/`): a
+    # top-level `configs` would collide with any other project's.
+    packages=setuptools.find_packages(include=["cardionets_jax", "cardionets_jax.*"])
+    + ["cardionets_jax_configs"],
+    package_dir={"cardionets_jax_configs": "configs"},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

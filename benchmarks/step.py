@@ -14,15 +14,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from cardionets_jax import stages
 from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import program as program_lib
 from cardionets_jax.train import state as state_lib
-from cardionets_jax.train import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
@@ -57,25 +56,14 @@ def main(argv):
   del argv
   config = _CONFIG.value
   stage = stages.get(config.stage)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.axis_rules(config.mesh)
-  *_, task = stage.make_task(config)
-  tx, schedule = state_lib.make_optimizer(config.train)
-  state, shardings, abstract_params = state_lib.create_state(
-      task.init_params, tx, config.seed, mesh, rules, task.init_frozen)
-  spec = stage.example_spec(config)
-  rng = np.random.default_rng(0)
-  batch = {k: (rng.integers(0, 256, (config.train.batch_size,) + shape).astype(dtype)
-               if jnp.issubdtype(dtype, jnp.integer)
-               else rng.normal(size=(config.train.batch_size,) + shape).astype(dtype))
-           for k, (shape, dtype) in spec.items()}
-  step = step_lib.jit_train_step(
-      step_lib.make_train_step(task.loss_fn, tx, schedule, config.train.grad_accum_steps),
-      shardings, mesh, rules, {k: len(s) + 1 for k, (s, _) in spec.items()})
+  program = program_lib.build(config, stage.task(config))
+  mesh, rules = program.mesh, program.rules
+  state = program.init_state(config.seed)
+  batch = program_lib.random_batch(program.spec, config.train.batch_size)
   with mesh_lib.active(mesh, rules):
     batch = mesh_lib.global_batch(batch, mesh, rules)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = program.step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     state, metrics = compiled(state, batch)  # warm-up
     jax.block_until_ready(metrics)
@@ -85,14 +73,14 @@ def main(argv):
     jax.block_until_ready((state, metrics))
     step_time = (time.perf_counter() - start) / _STEPS.value
 
-  tflop = stage.train_flops_per_example(config) * config.train.batch_size / 1e12
+  tflop = stage.train_flops(config) * config.train.batch_size / 1e12
   achieved = tflop / step_time
   peak, peak_source = device_peak_tflops()
   memory = compiled.memory_analysis()
   print(json.dumps(dict(
       stage=config.stage, variant=config.variant, devices=jax.device_count(),
       device_kind=jax.devices()[0].device_kind, batch_size=config.train.batch_size,
-      compute_dtype=config.train.compute_dtype, params=state_lib.param_count(abstract_params),
+      compute_dtype=config.train.compute_dtype, params=state_lib.param_count(program.abstract_params),
       compile_s=round(compile_s, 2), step_time_s=step_time,
       samples_per_s=config.train.batch_size / step_time, tflop_per_step=tflop,
       achieved_tflops=achieved, reference_tflops=peak, reference=peak_source,

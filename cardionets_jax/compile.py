@@ -34,7 +34,6 @@ _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "Memory per device to check again
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5p": 95, "TPU v5": 95,
            "TPU v6 lite": 32, "TPU v6e": 32, "TPU7x": 192}
 
-TRAINED_STAGES = ("mae", "align", "vae", "mar")
 
 
 def topology_devices(topology):
@@ -66,45 +65,32 @@ def compile_train_step(config, devices, hbm_gib=None):
   """Lowers and compiles `config`'s train step for `devices`; returns a dict of figures.
 
   The verdict compares the peak with `hbm_gib` GiB per device, by default the TPU chip's HBM."""
-  import jax
+  import flax.linen as nn
 
   from cardionets_jax import stages
   from cardionets_jax.train import mesh as mesh_lib
+  from cardionets_jax.train import program as program_lib
   from cardionets_jax.train import state as state_lib
-  from cardionets_jax.train import step as step_lib
 
-  if config.stage not in TRAINED_STAGES:
-    raise SystemExit(f"compile covers the trained stages {TRAINED_STAGES}, not {config.stage!r}")
   stage = stages.get(config.stage)
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  rules = mesh_lib.axis_rules(config.mesh)
-  *_, task = stage.make_task(config)
-  tx, schedule = state_lib.make_optimizer(config.train)
-  abstract, shardings, _ = state_lib.abstract_state(task.init_params, tx, config.seed, mesh, rules,
-                                                   task.init_frozen)
-  import flax.linen as nn
-  from cardionets_jax.train import checkpoint as ckpt_lib
-  state = ckpt_lib.abstract_with_shardings(nn.unbox(abstract), shardings)
+  if stage.task is None:
+    raise SystemExit(f"The {config.stage} stage trains nothing: there is no step to compile")
+  program = program_lib.build(config, stage.task(config), mesh_lib.make_mesh(config.mesh, devices))
+  mesh, rules, abstract = program.mesh, program.rules, program.abstract
   b = config.train.batch_size
-  spec = stage.example_spec(config)
-  batch = {k: jax.ShapeDtypeStruct((b,) + tuple(shape), dtype,
-                                   sharding=mesh_lib.batch_sharding(mesh, rules, len(shape) + 1))
-           for k, (shape, dtype) in spec.items()}
-  step = step_lib.jit_train_step(
-      step_lib.make_train_step(task.loss_fn, tx, schedule, config.train.grad_accum_steps),
-      shardings, mesh, rules, {k: len(s) + 1 for k, (s, _) in spec.items()})
+  state, batch = program.abstract_state(), program.abstract_batch(b)
   kind = devices[0].device_kind
   hbm = int(hbm_gib * 2**30) if hbm_gib else (hbm_bytes(kind) if devices[0].platform == "tpu" else None)
   out = dict(stage=config.stage, variant=config.variant, device_kind=kind, devices=len(devices),
              mesh=dict(mesh.shape), batch_size=b, grad_accum_steps=config.train.grad_accum_steps,
              compute_dtype=config.train.compute_dtype,
              params=state_lib.param_count(nn.unbox(abstract.params)),
-             analytic_tflop_per_step=stage.train_flops_per_example(config) * b / 1e12,
+             analytic_tflop_per_step=stage.train_flops(config) * b / 1e12,
              hbm_bytes_per_device=hbm)
   start = time.perf_counter()
   try:
     with mesh_lib.active(mesh, rules):
-      compiled = step.lower(state, batch).compile()
+      compiled = program.step.lower(state, batch).compile()
   except Exception as e:  # the compiler refuses programs that overflow HBM
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message and "memory" not in message.lower():

@@ -1,4 +1,4 @@
-"""Runs one stage: python -m cardionets_jax.main --config=configs/mae.py --workdir=DIR"""
+"""Runs a stage, and the upstream stages it needs: python -m cardionets_jax.main --config=configs/mae.py --workdir=DIR"""
 
 import logging
 import os
@@ -34,7 +34,7 @@ def initialize_distributed():
 def main(argv):
   del argv
   initialize_distributed()
-  from cardionets_jax import stages
+  from cardionets_jax import orchestrate
   from cardionets_jax.train import metrics
   metrics.quiet_libraries()
   config = _CONFIG.value
@@ -45,7 +45,7 @@ def main(argv):
   else:
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # process 0 speaks for the run
-  stages.get(config.stage).run(config, workdir)
+  orchestrate.run(config, workdir)
 
 
 if __name__ == "__main__":

@@ -2,33 +2,31 @@
 
   python -m cardionets_jax.main --config=configs/align.py --workdir=DIR
 
-On a fresh DIR the mae stage runs first with the config in `mae_config`
-(the mae default at the same variant); `init.mae_checkpoint` points at any
-other mae checkpoint instead.
+The frozen CMR encoder is `init.mae`: "" is DIR's mae stage (trained first,
+with configs/mae.py at the same variant and this run's data, when DIR has
+none), a path is any mae checkpoint; its architecture comes from the config
+saved in that checkpoint.
 """
 
 import ml_collections
 
-from configs import common
-from configs import mae as mae_configs
+from cardionets_jax_configs import common
 
 MODELS = {
     # PAPER.md: ViT-B, 12 leads x 2250 samples in 75-sample patches.
     "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=75),
     "tiny": dict(width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=250),
+    "test": dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=250),
 }
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, variant="tiny", weighted=True, phi="pca")
-  config = common.base_config("align", arg.variant)
-  config.mae_config = mae_configs.get_config(f"variant={arg.variant}")
-  config.data = config.mae_config.data.copy_and_resolve_references()  # the same cohort
+  config = common.base_config("align", arg.variant, mae="")
 
   config.model = ml_collections.ConfigDict(MODELS[arg.variant])
   config.model.num_samples = 2250        # the 9 s crop the encoder sees
   config.model.embed_dim = 256           # shared ECG/CMR space
-  config.init = ml_collections.ConfigDict(dict(mae_checkpoint=""))  # "" = <workdir>/mae/checkpoints
 
   config.align = ml_collections.ConfigDict(dict(
       tau=0.05, sigma=0.5, weighted=arg.weighted,
@@ -43,8 +41,10 @@ def get_config(arg=None):
   if arg.variant == "base":
     config.train.update(num_steps=20_000, batch_size=256, lr=1e-3, warmup_steps=1_000,
                         checkpoint_every=2_000, log_every=100)
-  else:
+  elif arg.variant == "tiny":
     config.align.pca_dim = 32
     config.train.update(num_steps=1000, batch_size=64, lr=1e-3, warmup_steps=100,
                         checkpoint_every=400, log_every=50)
+  else:
+    config.align.pca_dim = 8
   return config

@@ -6,21 +6,19 @@
 One run trains and evaluates every method in `finetune.inits` (the aligned
 ECG encoder, the same encoder from scratch, and the CMR encoder on the true
 cine as the upper bound) at every label fraction and seed listed, and
-gathers one table. Missing upstream stages (mae, align) run first.
+gathers one table. The encoders come from `init.align` (aligned; its
+architecture also shapes `scratch`) and `init.mae` (cmr): "" is DIR's stage,
+trained first when missing and needed by one of `finetune.inits`.
 """
 
 import ml_collections
 
-from configs import align as align_configs
-from configs import common
+from cardionets_jax_configs import common
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, variant="tiny", mode="full", sweep=False)
-  config = common.base_config("finetune", arg.variant)
-  config.align_config = align_configs.get_config(f"variant={arg.variant}")
-  config.data = config.align_config.data.copy_and_resolve_references()
-  config.init = ml_collections.ConfigDict(dict(align_checkpoint="", mae_checkpoint=""))
+  config = common.base_config("finetune", arg.variant, align="", mae="")
 
   config.finetune = ml_collections.ConfigDict(dict(
       tasks=("phenotypes", "disease"),   # heads trained together on one encoder
@@ -42,7 +40,10 @@ def get_config(arg=None):
     config.train.update(num_steps=20_000, batch_size=16, lr=1e-3, lr_scale_batch=256,
                         warmup_steps=1_000, eval_every=500, checkpoint_every=2_000,
                         log_every=100)
-  else:
+  elif arg.variant == "tiny":
     config.train.update(num_steps=300, batch_size=32, lr=3e-4, warmup_steps=30, eval_every=50,
                         checkpoint_every=300, log_every=50)
+  else:
+    config.train.update(num_steps=6, eval_every=3, checkpoint_every=6)
+    config.finetune.update(label_fractions=(0.5,), n_boot=50)
   return config

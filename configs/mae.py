@@ -6,7 +6,7 @@
 
 import ml_collections
 
-from configs import common
+from cardionets_jax_configs import common
 
 MODELS = {
     # Paper: ViT-B/16 on 96 x 96 with the 50 frames as input channels.
@@ -15,6 +15,9 @@ MODELS = {
                  patch_size=16),
     "tiny": dict(width=128, depth=4, num_heads=4, mlp_dim=256,
                  decoder_width=64, decoder_depth=2, decoder_heads=4, decoder_mlp_dim=128,
+                 patch_size=8),
+    "test": dict(width=32, depth=1, num_heads=2, mlp_dim=64,
+                 decoder_width=32, decoder_depth=1, decoder_heads=2, decoder_mlp_dim=64,
                  patch_size=8),
 }
 
@@ -36,9 +39,7 @@ def get_config(arg=None):
     config.train.update(num_steps=60_000, batch_size=128, lr=1e-3, lr_scale_batch=256,
                         warmup_steps=6_000, checkpoint_every=2_000, log_every=100,
                         eval_every=5_000)
-    config.data.update(cmr_frames=50, cmr_size=96, num_subjects=20_000)
-  else:
+  elif arg.variant == "tiny":
     config.train.update(num_steps=1500, batch_size=32, lr=1e-3, warmup_steps=100,
                         checkpoint_every=500, log_every=50)
-    config.data.update(cmr_frames=25, cmr_size=48, num_subjects=1200)
   return config

@@ -1,7 +1,5 @@
 """Which dataset directory a stage trains on."""
 
-import os
-
 import jax
 
 from cardionets_jax.data import cohort
@@ -9,10 +7,11 @@ from cardionets_jax.data import records
 
 
 def resolve(config, workdir):
-  """`data.source`: "synthetic" (built once under <workdir>/data) or a built dataset dir."""
+  """`data.source`: "synthetic" (built once under the workdir's data root) or a built dataset
+  directory. `workdir` is a `Workdir`."""
   dcfg = config.data
   if dcfg.source == "synthetic":
-    root = os.path.join(workdir, "data")
+    root = workdir.data_root
     directory = cohort.dataset_dir(root, dcfg, dcfg.cohort_seed)
     if jax.process_index() == 0:
       cohort.build_synthetic(root, dcfg, dcfg.cohort_seed)

@@ -54,6 +54,7 @@ class DatasetMeta:
   phenotype_mean: list = None   # train-split statistics, for z-scoring
   phenotype_std: list = None
   splits: dict = None           # split -> {"num_examples", "num_with_cmr"}; filled on load
+  provenance: dict = None       # derived datasets (tokens): the checkpoints and config that made them
 
   @classmethod
   def load(cls, directory):

@@ -5,8 +5,6 @@ state); hands on `params/ecg_encoder` (and both projectors) through its
 Orbax checkpoint.
 """
 
-import json
-import os
 import time
 
 import flax.linen as nn
@@ -20,14 +18,15 @@ from cardionets_jax.data import datasets
 from cardionets_jax.data import synthetic
 from cardionets_jax.models import ecg as ecg_models
 from cardionets_jax.models import layers
+from cardionets_jax import stages
 from cardionets_jax.stages import common
+from cardionets_jax.stages import context as context_lib
 from cardionets_jax.stages import mae
 from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import loop
 from cardionets_jax.train import metrics as metrics_lib
 
 PCA_FIT_LIMIT = 4096
-FIELDS = ("ecg", "lead_mask", "cmr", "phenotypes")
 
 
 class AlignModel(nn.Module):
@@ -64,12 +63,26 @@ def build_model(config):
   return AlignModel(build_ecg_encoder(config, dtype), config.model.embed_dim, dtype)
 
 
-def example_spec(config, num_phenotypes=len(synthetic.PHENOTYPES)):
-  """Batch fields of one example (benchmarks assume the synthetic cohort's phenotypes)."""
+def example_spec(config, num_phenotypes):
   d = config.data
   return {"ecg": ((12, synthetic.ECG_SAMPLES), jnp.float32), "lead_mask": ((12,), jnp.uint8),
           "cmr": ((d.cmr_frames, d.cmr_size, d.cmr_size), jnp.uint8),
           "phenotypes": ((num_phenotypes,), jnp.float32)}
+
+
+def restore_ecg(reference, mesh):
+  """(model, params, step, config) of an align checkpoint's ECG side (encoder and ECG projector),
+  rebuilt from its saved config: how tokenize and screening load the aligned ECG encoder."""
+  config = ckpt_lib.saved_config(reference)
+  model = build_model(config)
+
+  def init(rng):
+    ecg = jnp.zeros((1, 12, config.model.num_samples), jnp.float32)
+    embed = lambda m, x, mask: m.embed_ecg(m.ecg_features(x, mask))
+    return model.init(rng, ecg, jnp.ones((1, 12), jnp.uint8), method=embed)["params"]
+
+  params, step = common.restore_params(reference, ("params",), init, mesh)
+  return model, params, step, config
 
 
 def random_crop(ecg, rng, length):
@@ -125,22 +138,23 @@ def descriptors(cmr_features, phenotypes, frozen, config):
   return phi / jnp.maximum(jnp.linalg.norm(phi, axis=-1, keepdims=True), 1e-6)
 
 
-def make_task(config, workdir=None, data_dir=None, meta=None):
-  """The align task. `workdir`/`data_dir`/`meta` are needed to load the frozen
-  CMR encoder (and train mae first if it is missing); shapes-only users
-  (tests, benchmarks) may leave them out and get a randomly initialised one."""
+def make_task(config, context=None, data_dir=None, meta=None):
+  """The align task. With a `context` (and the cohort's `data_dir`, `meta`) the frozen CMR encoder
+  is the upstream mae checkpoint, rebuilt from its saved config; without one (shape-only users:
+  tests, benchmarks, AOT compiles) it is configs/mae.py's at the same variant, randomly initialised."""
   model = build_model(config)
-  cmr_encoder = mae.build_encoder(config.mae_config, jnp.dtype(config.train.compute_dtype))
+  mae_config = context_lib.upstream_config("mae", config, context)
+  cmr_encoder = mae.build_encoder(mae_config, jnp.dtype(config.train.compute_dtype))
   num_phenotypes = len(meta.phenotype_names) if meta else len(synthetic.PHENOTYPES)
   cmr_shape = (1, config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
+  width = mae_config.model.width
 
   def init_params(rng):
     ecg = jnp.zeros((1, 12, config.model.num_samples), jnp.float32)
-    feats = jnp.zeros((1, config.mae_config.model.width), jnp.float32)
+    feats = jnp.zeros((1, width), jnp.float32)
     return model.init(rng, ecg, jnp.ones((1, 12), jnp.uint8), feats)["params"]
 
   def init_frozen():
-    width = config.mae_config.model.width
     k = min(config.align.pca_dim, width)
     return dict(cmr_encoder=cmr_encoder.init(jax.random.PRNGKey(0), jnp.zeros(cmr_shape, jnp.uint8))["params"],
                 pca_mean=jnp.zeros((width,)), pca_components=jnp.eye(width, k),
@@ -156,23 +170,23 @@ def make_task(config, workdir=None, data_dir=None, meta=None):
                                     weighted=config.align.weighted)
 
   load_frozen = None
-  if workdir is not None:
-    def load_frozen(abstract, mesh, rules):
-      return _load_frozen(abstract, mesh, rules, config, workdir, data_dir, meta, cmr_encoder)
+  if context is not None:
+    upstream = context.upstream("mae", config)
 
-  task = loop.Task(init_params=init_params, loss_fn=loss_fn, fields=FIELDS,
-                   init_frozen=init_frozen, load_frozen=load_frozen)
+    def load_frozen(abstract, mesh, rules):
+      return _load_frozen(abstract, mesh, rules, upstream, data_dir, meta, cmr_encoder)
+
+  task = loop.Task(init_params=init_params, loss_fn=loss_fn,
+                   spec=example_spec(config, num_phenotypes), init_frozen=init_frozen,
+                   load_frozen=load_frozen)
   return model, cmr_encoder, task
 
 
-def _load_frozen(abstract, mesh, rules, config, workdir, data_dir, meta, cmr_encoder):
-  """The mae encoder (trained first if missing) and the PCA of its features."""
-  from cardionets_jax import stages
-  path = common.upstream_checkpoint(config.init.mae_checkpoint, workdir, "mae",
-                                    lambda: stages.get("mae").run(config.mae_config, workdir))
-  encoder_params, step = ckpt_lib.restore_subtree(path, ("params", "encoder"),
+def _load_frozen(abstract, mesh, rules, upstream, data_dir, meta, cmr_encoder):
+  """The upstream mae encoder and the PCA of its features."""
+  encoder_params, step = ckpt_lib.restore_subtree(upstream.reference, ("params", "encoder"),
                                                   abstract["cmr_encoder"])
-  metrics_lib.log("Frozen CMR encoder: %s (step %d)", path, step)
+  metrics_lib.log("Frozen CMR encoder: %s (step %d)", upstream.path, step)
   features_fn = jax.jit(lambda v: cmr_encoder.apply({"params": encoder_params}, v))
   feats, _ = common.map_split(lambda b: features_fn(b["cmr"]), data_dir, "train", ("cmr",), mesh,
                               rules, limit=PCA_FIT_LIMIT)
@@ -188,7 +202,7 @@ def _load_frozen(abstract, mesh, rules, config, workdir, data_dir, meta, cmr_enc
 def train_flops_per_example(config):
   m = config.model
   ecg = ecg_models.ecg_flops(m.num_samples, m.patch_size, m.width, m.depth, m.mlp_dim)
-  cmr_forward = mae.encoder_flops(config.mae_config)
+  cmr_forward = mae.encoder_flops(context_lib.upstream_config("mae", config))
   return 3 * ecg + cmr_forward  # the frozen CMR encoder runs forward only
 
 
@@ -209,10 +223,13 @@ class Evaluator:
   def embeddings(self, state, split, limit=None):
     t = self.trainer
     out, kept = common.map_split(lambda b: self._embed(state.params, state.frozen, b), self.data_dir,
-                                 common.eval_split(self.meta, split), ("ecg", "lead_mask", "cmr"),
+                                 self.split(split), ("ecg", "lead_mask", "cmr"),
                                  t.mesh, t.rules,
                                  keep=("phenotypes",), limit=limit)
     return out, kept["phenotypes"]
+
+  def split(self, name):
+    return common.eval_split(self.meta, name, self.config.data)
 
   def evaluate(self, state):
     """Retrieval on test; ridge probes of ECG and CMR features onto phenotypes."""
@@ -249,12 +266,12 @@ def embedding_figure(path, panels, phenotype_names):
   plt.close(fig)
 
 
-def run(config, workdir):
+def run(config, context):
   start = time.time()
-  stage_dir = os.path.join(workdir, "align")
+  workdir = context.workdir
   data_dir, meta = datasets.resolve(config, workdir)
-  model, cmr_encoder, task = make_task(config, workdir, data_dir, meta)
-  trainer = loop.Trainer(config, stage_dir, data_dir, task)
+  model, cmr_encoder, task = make_task(config, context, data_dir, meta)
+  trainer = loop.Trainer(config, workdir, "align", data_dir, task, mesh=context.mesh)
   evaluator = Evaluator(config, model, cmr_encoder, trainer, data_dir, meta)
   baseline = evaluator.evaluate(trainer.state)  # the randomly initialised ECG encoder
   state = trainer.fit()
@@ -267,25 +284,33 @@ def run(config, workdir):
       loss=dict(weighted=config.align.weighted, phi=config.align.phi, tau=config.align.tau,
                 sigma=config.align.sigma),
       retrieval=dict(aligned=aligned["retrieval"], random_init=baseline["retrieval"],
-                     chance=dict(top1=1 / n_test, top5=min(5 / n_test, 1.0)), n_test=n_test),
+                     chance=dict(top1=1 / n_test, top5=min(5 / n_test, 1.0)), n_test=n_test,
+                     split=evaluator.split("test")),
       probe_r2=dict(aligned_ecg=r2(aligned["ecg_probe"]), random_init_ecg=r2(baseline["ecg_probe"]),
                     cmr_encoder=r2(aligned["cmr_probe"])),
-      checkpoint=os.path.join(trainer.checkpoint_dir, str(int(state.step))),
+      probe_splits=dict(fit=evaluator.split("train"), alpha=evaluator.split("val"),
+                        score=evaluator.split("test")),
+      upstream=dict(mae=context.upstream("mae", config).describe(config.data)),
+      checkpoint=f"{trainer.checkpoint_dir}/{int(state.step)}",
       wall_time_s=time.time() - start)
   if jax.process_index() == 0:
-    figure = os.path.join(stage_dir, "ecg_embeddings.png")
+    figure = workdir.file("align", "ecg_embeddings.png")
     embedding_figure(figure, [("random-init ECG encoder", baseline["test_embeddings"],
                                baseline["test_phenotypes"]),
                               ("aligned ECG encoder", aligned["test_embeddings"],
                                aligned["test_phenotypes"])], meta.phenotype_names)
-    with open(os.path.join(stage_dir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s)", n_test,
-                    aligned["retrieval"], baseline["retrieval"])
-    for name in meta.phenotype_names:
-      metrics_lib.log("probe R2 %-18s aligned ECG %6.3f  random ECG %6.3f  CMR %6.3f", name,
-                      results["probe_r2"]["aligned_ecg"][name],
-                      results["probe_r2"]["random_init_ecg"][name],
-                      results["probe_r2"]["cmr_encoder"][name])
-    metrics_lib.log("Wrote %s and %s", os.path.join(stage_dir, "results.json"), figure)
+  common.write_results(workdir, "align", results)
+  metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s)", n_test,
+                  aligned["retrieval"], baseline["retrieval"])
+  for name in meta.phenotype_names:
+    metrics_lib.log("probe R2 %-18s aligned ECG %6.3f  random ECG %6.3f  CMR %6.3f", name,
+                    results["probe_r2"]["aligned_ecg"][name],
+                    results["probe_r2"]["random_init_ecg"][name],
+                    results["probe_r2"]["cmr_encoder"][name])
   return results
+
+
+STAGE = stages.Stage(name="align", upstream=lambda config: ("mae",),
+                     hands_on="params/ecg_encoder (EcgEncoder), params/ecg_proj, params/cmr_proj",
+                     run=run, task=lambda config: make_task(config)[-1],
+                     train_flops=train_flops_per_example)

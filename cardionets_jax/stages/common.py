@@ -1,7 +1,6 @@
 """Pieces several stages share: passes over a split, upstream checkpoints."""
 
 import logging
-import os
 
 import flax.linen as nn
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 from cardionets_jax.data import pipeline
 from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import metrics as metrics_lib
 
 EVAL_BATCH = 64
 
@@ -34,46 +34,27 @@ def map_split(fn, data_dir, split, fields, mesh, rules, *, keep=(), limit=None,
   return outputs, {k: np.concatenate(v) for k, v in kept.items()}
 
 
-def available_split(meta, preferred, need_cmr=True):
-  """The first split in `preferred` that has examples (TFDS writes no empty split).
-
-  A small dataset can lack a val or test split; evaluation then falls back
-  to the next split named, and says so.
-  """
-  for split in preferred:
+def eval_split(meta, name, data_config, need_cmr=True):
+  """`name` if the dataset has examples there (with a cine, if `need_cmr`); else the stand-in the
+  config names (`data.<name>_stand_in`), logged. Without one, a missing split is an error: "test"
+  never silently becomes val."""
+  def has(split):
     info = meta.splits.get(split)
-    if info and (info["num_with_cmr"] if need_cmr else info["num_examples"]):
-      if split != preferred[0]:
-        logging.warning("Split %r is empty: using %r in its place", preferred[0], split)
-      return split
-  raise ValueError(f"None of the splits {list(preferred)} has examples"
-                   f"{' with a cine' if need_cmr else ''}: {meta.splits}")
+    return bool(info and (info["num_with_cmr"] if need_cmr else info["num_examples"]))
 
-
-FALLBACKS = {"train": ("train",), "val": ("val", "test", "train"), "test": ("test", "val", "train")}
-
-
-def eval_split(meta, name, need_cmr=True):
-  """`name` if it has examples, else the nearest stand-in (see FALLBACKS)."""
-  return available_split(meta, FALLBACKS[name], need_cmr)
-
-
-def upstream_checkpoint(config_path, workdir, stage, run_upstream):
-  """The checkpoint directory of an upstream stage, training it if needed.
-
-  `config_path` empty means `<workdir>/<stage>/checkpoints`; when that holds
-  no finished checkpoint, `run_upstream()` trains the stage first.
-  """
-  if config_path:
-    if ckpt_lib.latest_step(config_path) is None:
-      raise FileNotFoundError(f"No {stage} checkpoint at {config_path}")
-    return config_path
-  path = os.path.join(workdir, stage, "checkpoints")
-  if not os.path.exists(os.path.join(workdir, stage, "results.json")):
-    logging.info("No finished %s stage in %s: running it first with its default config", stage,
-                 workdir)
-    run_upstream()
-  return path
+  if has(name):
+    return name
+  stand_in = data_config.get(f"{name}_stand_in", "")
+  what = f"{' with a cine' if need_cmr else ''}"
+  if not stand_in:
+    raise ValueError(
+        f"The dataset has no {name!r} split{what} (splits: {meta.splits}); rebuild it with one, "
+        f"or name a stand-in with --config.data.{name}_stand_in=val|train (it is recorded)")
+  if not has(stand_in):
+    raise ValueError(f"data.{name}_stand_in={stand_in!r}, but that split has no examples{what}")
+  logging.warning("The dataset has no %r split%s: using %r in its place (data.%s_stand_in)", name,
+                  what, stand_in, name)
+  return stand_in
 
 
 def restore_params(path, subtree, init_fn, mesh):
@@ -83,3 +64,15 @@ def restore_params(path, subtree, init_fn, mesh):
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                        sharding=mesh_lib.replicated(mesh)), abstract)
   return ckpt_lib.restore_subtree(path, subtree, target)
+
+
+def write_results(workdir, stage, results):
+  """results.json of a stage, on process 0 (the one writer every stage uses)."""
+  if jax.process_index() == 0:
+    from cardionets_jax.workdir import write_json
+    write_json(workdir.results(stage), results)
+    metrics_lib.log("Wrote %s", workdir.results(stage))
+
+
+def default_mesh(mesh, config):
+  return mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)

@@ -13,8 +13,6 @@ with layer-wise LR decay. Results of all methods go into one table.
 """
 
 import csv
-import json
-import os
 import re
 import time
 
@@ -23,19 +21,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from cardionets_jax import evaluate
+from cardionets_jax import stages
 from cardionets_jax.data import datasets
+from cardionets_jax.data import synthetic
 from cardionets_jax.models import layers
 from cardionets_jax.stages import align
 from cardionets_jax.stages import common
+from cardionets_jax.stages import context as context_lib
 from cardionets_jax.stages import mae
 from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import loop
 from cardionets_jax.train import metrics as metrics_lib
 
 INITS = ("aligned", "scratch", "cmr")
+UPSTREAM_OF_INIT = {"aligned": "align", "cmr": "mae"}  # scratch reads no checkpoint
+
+
+def upstream(config):
+  return tuple(dict.fromkeys(UPSTREAM_OF_INIT[i] for i in config.finetune.inits
+                             if i in UPSTREAM_OF_INIT))
 
 
 class Finetuner(nn.Module):
@@ -83,19 +89,25 @@ def masked_losses(phen_pred, logits, phenotypes_z, labels):
 class Method:
   """One (init, mode, label fraction, seed): its task, training and predictions."""
 
-  def __init__(self, config, init, fraction, seed, workdir, data_dir, meta):
+  def __init__(self, config, init, fraction, seed, meta, context=None, data_dir=None):
+    """`context` resolves the upstream checkpoints (none: shape-only use, random encoders)."""
     if init not in INITS:
       raise ValueError(f"finetune.inits holds {init!r}; known: {INITS}")
     self.config, self.init, self.fraction, self.seed = config, init, fraction, seed
     self.mode = config.finetune.mode
     self.name = method_name(init, self.mode, fraction, seed)
-    self.workdir, self.data_dir, self.meta = workdir, data_dir, meta
-    self.stage_dir = os.path.join(workdir, "finetune", self.name)
-    acfg = config.align_config
+    self.context, self.data_dir, self.meta = context, data_dir, meta
     dtype = jnp.dtype(config.train.compute_dtype)
     self.input = "cmr" if init == "cmr" else "ecg"
-    encoder = (mae.build_encoder(acfg.mae_config, dtype) if self.input == "cmr"
-               else align.build_ecg_encoder(acfg, dtype))
+    # The ECG encoder's architecture (and crops) are the align checkpoint's when this run reads
+    # one, so that `scratch` is the same network as `aligned`.
+    reads = upstream(config)
+    self.upstream_name = UPSTREAM_OF_INIT.get(init)
+    self.align_config = context_lib.upstream_config(
+        "align", config, context if "align" in reads else None)
+    mae_config = context_lib.upstream_config("mae", config, context if "mae" in reads else None)
+    encoder = (mae.build_encoder(mae_config, dtype) if self.input == "cmr"
+               else align.build_ecg_encoder(self.align_config, dtype))
     self.depth = encoder.depth
     self.model = Finetuner(encoder, len(meta.phenotype_names), len(meta.label_names), self.input,
                            dtype)
@@ -103,14 +115,22 @@ class Method:
     self.phen_std = np.asarray(meta.phenotype_std, np.float32)
 
   @property
+  def spec(self):
+    d = self.config.data
+    inputs = ({"ecg": ((12, synthetic.ECG_SAMPLES), jnp.float32), "lead_mask": ((12,), jnp.uint8)}
+              if self.input == "ecg" else
+              {"cmr": ((d.cmr_frames, d.cmr_size, d.cmr_size), jnp.uint8)})
+    return dict(inputs, phenotypes=((len(self.meta.phenotype_names),), jnp.float32),
+                labels=((len(self.meta.label_names),), jnp.int8))
+
+  @property
   def fields(self):
-    data = ("ecg", "lead_mask") if self.input == "ecg" else ("cmr",)
-    return data + ("phenotypes", "labels")
+    return tuple(self.spec)
 
   def _dummy(self):
     c = self.config
     if self.input == "ecg":
-      return (jnp.zeros((1, 12, c.align_config.model.num_samples)), jnp.ones((1, 12), jnp.uint8))
+      return (jnp.zeros((1, 12, self.align_config.model.num_samples)), jnp.ones((1, 12), jnp.uint8))
     return (jnp.zeros((1, c.data.cmr_frames, c.data.cmr_size, c.data.cmr_size), jnp.uint8), None)
 
   def _init_all(self, rng):
@@ -119,7 +139,7 @@ class Method:
   def task(self):
     linear = self.mode == "linear"
     weights = self.config.finetune
-    model, acfg = self.model, self.config.align_config
+    model, acfg = self.model, self.align_config
 
     def init_params(rng):
       params = self._init_all(rng)
@@ -149,10 +169,22 @@ class Method:
     lr_scales = None
     if not linear and self.config.finetune.layer_decay < 1.0:
       lr_scales = self._layer_decay_scales
-    return loop.Task(init_params=init_params, loss_fn=loss_fn, fields=self.fields,
+    return loop.Task(init_params=init_params, loss_fn=loss_fn, spec=self.spec,
                      init_frozen=init_frozen, load_frozen=load if linear else None,
                      load_params=None if linear else load, lr_scales=lr_scales,
                      subset=(self.fraction, self.seed))
+
+  def restore_variables(self, reference, mesh):
+    """The method's encoder and heads from one of its checkpoints (in linear mode the encoder is
+    in the frozen tree), replicated over `mesh`."""
+    linear = self.mode == "linear"
+    part = lambda keep: lambda rng: {k: v for k, v in self._init_all(rng).items() if keep(k)}
+    params, _ = common.restore_params(reference, ("params",),
+                                      part(lambda k: not (linear and k == "encoder")), mesh)
+    if not linear:
+      return params
+    frozen, _ = common.restore_params(reference, ("frozen",), part(lambda k: k == "encoder"), mesh)
+    return {**frozen, **params}
 
   def _layer_decay_scales(self, params):
     """decay^(depth + 1 - layer): embeddings layer 0, block i layer i + 1, heads depth + 1."""
@@ -170,25 +202,16 @@ class Method:
     return jax.tree_util.tree_map_with_path(scale, params)
 
   def _upstream_encoder(self, abstract_encoder):
-    from cardionets_jax import stages
-    cfg, workdir = self.config, self.workdir
-    align_ckpt = common.upstream_checkpoint(
-        cfg.init.align_checkpoint, workdir, "align",
-        lambda: stages.get("align").run(cfg.align_config, workdir))
-    if self.init == "aligned":
-      restored, step = ckpt_lib.restore_subtree(align_ckpt, ("params", "ecg_encoder"), abstract_encoder)
-      source = align_ckpt
-    else:
-      source = cfg.init.mae_checkpoint or cfg.align_config.init.mae_checkpoint or os.path.join(
-          workdir, "mae", "checkpoints")
-      restored, step = ckpt_lib.restore_subtree(source, ("params", "encoder"), abstract_encoder)
-    metrics_lib.log("%s: encoder from %s (step %d)", self.name, source, step)
+    source = self.context.upstream(self.upstream_name, self.config)
+    subtree = ("params", "ecg_encoder") if self.init == "aligned" else ("params", "encoder")
+    restored, step = ckpt_lib.restore_subtree(source.reference, subtree, abstract_encoder)
+    metrics_lib.log("%s: encoder from %s (step %d)", self.name, source.path, step)
     return restored
 
   # ---- evaluation ----------------------------------------------------------------------------
 
   def predictor(self):
-    model, acfg = self.model, self.config.align_config
+    model, acfg = self.model, self.align_config
 
     def predict(variables, batch):
       if self.input == "ecg":
@@ -205,7 +228,7 @@ class Method:
 
   def predictions(self, predict, variables, split, trainer):
     (phen_z, probs), kept = common.map_split(
-        lambda b: predict(variables, b), self.data_dir, common.eval_split(self.meta, split),
+        lambda b: predict(variables, b), self.data_dir, self.split(split),
         self.fields[:-2], trainer.mesh, trainer.rules, keep=("phenotypes", "labels"))
     return dict(phenotypes_pred=phen_z * self.phen_std + self.phen_mean, probs=probs,
                 phenotypes=kept["phenotypes"], labels=kept["labels"])
@@ -227,47 +250,30 @@ class Method:
       score += float(np.mean(auc)) if auc else 0.0
     return score
 
+  def split(self, name):
+    return common.eval_split(self.meta, name, self.config.data,
+                             need_cmr=self.input == "cmr")
+
   def run(self):
-    """Trains (or resumes), keeps the best validation params, evaluates on test."""
+    """Trains (or resumes), restores the best validation step, predicts val and test.
+    Returns (val predictions, test predictions, best step, checkpoint reference)."""
     cfg = self.config.copy_and_resolve_references()
     cfg.seed = self.seed
-    trainer = loop.Trainer(cfg, self.stage_dir, self.data_dir, self.task())
+    trainer = loop.Trainer(cfg, self.context.workdir, "finetune", self.data_dir, self.task(),
+                           run=self.name, mesh=self.context.mesh)
     predict = self.predictor()
-    best_dir = os.path.join(self.stage_dir, "best")
-    checkpointer = ocp.StandardCheckpointer()
-    best = dict(score=-np.inf, step=0, stale=0)
-    best_file = os.path.join(self.stage_dir, "best.json")
-    if os.path.exists(best_file):
-      with open(best_file) as f:
-        best.update(json.load(f))
-
-    def variables(state):
-      return {**state.frozen, **state.params}
-
-    def on_eval(state, step, writer):
-      score = self.validation_score(self.predictions(predict, variables(state), "val", trainer))
-      writer.write(step, {"score": score}, split="val")
-      if score > best["score"]:
-        best.update(score=score, step=step, stale=0)
-        checkpointer.save(best_dir, jax.device_get(variables(state)), force=True)
-        checkpointer.wait_until_finished()
-      else:
-        best["stale"] += 1
-      if jax.process_index() == 0:
-        with open(best_file, "w") as f:
-          json.dump(best, f)
-      return best["stale"] >= self.config.finetune.patience
-
-    state = trainer.fit(on_eval)
+    variables = lambda state: {**state.frozen, **state.params}
+    score = lambda state, step: self.validation_score(
+        self.predictions(predict, variables(state), "val", trainer))
+    state = trainer.fit(early_stopping=loop.EarlyStopping(score, self.config.finetune.patience))
+    best = trainer.progress.get("best_step")
+    if best is not None and best != int(state.step):
+      state = trainer.restore_step(best)
+    best = int(state.step)
     final = variables(state)
-    if os.path.exists(best_dir) and best["step"]:
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), final)
-      final = checkpointer.restore(best_dir, abstract)
-    else:
-      best["step"] = int(state.step)
     val = self.predictions(predict, final, "val", trainer)
     test = self.predictions(predict, final, "test", trainer)
-    return val, test, best["step"]
+    return val, test, best, f"{trainer.checkpoint_dir}/{best}"
 
 
 def report_method(method, val, test, meta, n_boot):
@@ -319,15 +325,15 @@ def _cell(cis):
   return f"{values[0]:.3f}"
 
 
-def write_tables(stage_dir, results, meta):
+def write_tables(workdir, results, meta):
   columns, rows = summary_table(results, meta)
   lines = ["| target | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
   for label, cells in rows:
     lines.append(f"| {label} | " + " | ".join(_cell(cells[c]) for c in columns) + " |")
-  with open(os.path.join(stage_dir, "results.md"), "w") as f:
+  with open(workdir.file("finetune", "results.md"), "w") as f:
     f.write("Test split; 95% bootstrap CIs over subjects (one seed) or mean ± sd over seeds.\n\n")
     f.write("\n".join(lines) + "\n")
-  with open(os.path.join(stage_dir, "results.csv"), "w", newline="") as f:
+  with open(workdir.file("finetune", "results.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["method", "init", "mode", "label_fraction", "seed", "target", "metric", "value",
                 "low", "high"])
@@ -341,7 +347,7 @@ def write_tables(stage_dir, results, meta):
   return "\n".join(lines)
 
 
-def write_figures(stage_dir, test_preds, meta):
+def write_figures(workdir, test_preds, meta):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -360,7 +366,7 @@ def write_figures(stage_dir, test_preds, meta):
     ax.set(title=name, xlabel="1 - specificity", ylabel="sensitivity")
     ax.legend(fontsize=6, loc="lower right")
   fig.tight_layout()
-  fig.savefig(os.path.join(stage_dir, "roc_curves.png"), dpi=110)
+  fig.savefig(workdir.file("finetune", "roc_curves.png"), dpi=110)
   plt.close(fig)
 
   method, p = next(iter(test_preds.items()))
@@ -382,33 +388,46 @@ def write_figures(stage_dir, test_preds, meta):
     axes[j // cols, j % cols].axis("off")
   fig.suptitle(f"Held-out predictions: {method}", fontsize=9)
   fig.tight_layout()
-  fig.savefig(os.path.join(stage_dir, "phenotype_scatter.png"), dpi=110)
+  fig.savefig(workdir.file("finetune", "phenotype_scatter.png"), dpi=110)
   plt.close(fig)
 
 
-def run(config, workdir):
+def run(config, context):
   start = time.time()
-  stage_dir = os.path.join(workdir, "finetune")
+  workdir = context.workdir
   data_dir, meta = datasets.resolve(config, workdir)
   f = config.finetune
-  results, test_preds = {}, {}
+  results, test_preds, handed_on = {}, {}, {}
   for fraction in f.label_fractions:
     for seed in f.seeds:
       for init in f.inits:
-        method = Method(config, init, fraction, seed, workdir, data_dir, meta)
+        method = Method(config, init, fraction, seed, meta, context, data_dir)
         metrics_lib.log("Fine-tuning %s", method.name)
-        val, test, best_step = method.run()
-        results[method.name] = dict(report_method(method, val, test, meta, f.n_boot),
-                                    best_step=best_step)
+        val, test, best_step, checkpoint = method.run()
+        report = report_method(method, val, test, meta, f.n_boot)
+        results[method.name] = dict(report, best_step=best_step,
+                                    splits=dict(early_stopping=method.split("val"),
+                                                thresholds=method.split("val"),
+                                                metrics=method.split("test")))
+        handed_on[method.name] = dict(
+            init=init, mode=method.mode, label_fraction=fraction, seed=seed, best_step=best_step,
+            checkpoint=checkpoint, thresholds={d: report["diseases"][d]["threshold"]
+                                               for d in meta.label_names})
         test_preds.setdefault(method.name, test)
   out = dict(stage="finetune", variant=config.variant, tasks=list(f.tasks), methods=results,
+             upstream={name: context.upstream(name, config).describe(config.data)
+                       for name in upstream(config)},
              wall_time_s=time.time() - start)
   if jax.process_index() == 0:
-    os.makedirs(stage_dir, exist_ok=True)
-    with open(os.path.join(stage_dir, "results.json"), "w") as fh:
-      json.dump(out, fh, indent=2)
-    table = write_tables(stage_dir, results, meta)
-    write_figures(stage_dir, test_preds, meta)
+    # What screening reads: each method's best checkpoint and its decision thresholds.
+    workdir.write_artifact("finetune", "methods.json", handed_on)
+    table = write_tables(workdir, results, meta)
+    write_figures(workdir, test_preds, meta)
     metrics_lib.log("Fine-tuning results (test split):\n%s", table)
-    metrics_lib.log("Wrote %s/results.{json,csv,md}, roc_curves.png, phenotype_scatter.png", stage_dir)
+  common.write_results(workdir, "finetune", out)
   return out
+
+
+STAGE = stages.Stage(name="finetune", upstream=upstream,
+                     hands_on="artifacts/methods.json: each method's best checkpoint and "
+                              "decision thresholds", run=run)

@@ -3,8 +3,6 @@
 Hands on `params/encoder` (a `CmrEncoder`) through its Orbax checkpoint.
 """
 
-import json
-import os
 import time
 
 import jax
@@ -17,6 +15,7 @@ from cardionets_jax.data import datasets
 from cardionets_jax.data import pipeline
 from cardionets_jax.models import layers
 from cardionets_jax.models import vit
+from cardionets_jax import stages
 from cardionets_jax.stages import common
 from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
@@ -37,6 +36,17 @@ def build_encoder(config, dtype=jnp.float32):
       patch_frames=m.patch_frames, pool=m.pool, dtype=dtype)
 
 
+def restore_encoder(reference, mesh):
+  """(encoder, params, step, config) of a mae checkpoint, rebuilt from its saved config."""
+  from cardionets_jax.train import checkpoint as ckpt_lib
+  config = ckpt_lib.saved_config(reference)
+  encoder = build_encoder(config)
+  video = jnp.zeros((1,) + cmr_shape(config), jnp.uint8)
+  params, step = common.restore_params(reference, ("params", "encoder"),
+                                       lambda r: encoder.init(r, video)["params"], mesh)
+  return encoder, params, step, config
+
+
 def build_model(config):
   m, dtype = config.model, compute_dtype(config)
   return vit.MaskedAutoencoder(
@@ -47,11 +57,6 @@ def build_model(config):
 
 def cmr_shape(config):
   return (config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
-
-
-def example_spec(config):
-  """Shapes and dtypes of the batch fields the train step reads (one example)."""
-  return {"cmr": (cmr_shape(config), jnp.uint8)}
 
 
 def init_params(model, config, rng):
@@ -76,7 +81,7 @@ def make_task(config):
     return losses.mae_loss(pred, target, mask, config.mae.norm_pix_loss), {}
 
   return model, loop.Task(init_params=lambda rng: init_params(model, config, rng),
-                          loss_fn=loss_fn, fields=("cmr",))
+                          loss_fn=loss_fn, spec={"cmr": (cmr_shape(config), jnp.uint8)})
 
 
 def _token_counts(config):
@@ -127,7 +132,7 @@ class Evaluator:
                             limit=limit)
 
   def split(self, name):
-    return common.eval_split(self.meta, name)
+    return common.eval_split(self.meta, name, self.config.data)
 
   def reconstruction_loss(self, params, split="val"):
     """Mean per-example masked loss; the masks are fixed (the same every call)."""
@@ -192,12 +197,12 @@ class Evaluator:
     plt.close(fig)
 
 
-def run(config, workdir):
+def run(config, context):
   start = time.time()
-  stage_dir = os.path.join(workdir, "mae")
+  workdir = context.workdir
   data_dir, meta = datasets.resolve(config, workdir)
   model, task = make_task(config)
-  trainer = loop.Trainer(config, stage_dir, data_dir, task)
+  trainer = loop.Trainer(config, workdir, "mae", data_dir, task, mesh=context.mesh)
   evaluator = Evaluator(config, model, trainer, data_dir, meta)
 
   # The freshly initialised encoder is the baseline (init is deterministic per
@@ -217,20 +222,25 @@ def run(config, workdir):
   step = int(state.step)
   results = dict(
       stage="mae", variant=config.variant, step=step,
-      heldout_reconstruction_loss=dict(initial=init_loss, final=final_loss),
+      heldout_reconstruction_loss=dict(initial=init_loss, final=final_loss,
+                                       split=evaluator.split("val")),
       probe_r2={k: v["r2"] for k, v in probe.items()},
       probe_r2_random_init={k: v["r2"] for k, v in init_probe.items()},
       probe_alpha={k: v["alpha"] for k, v in probe.items()},
+      probe_splits=dict(fit=evaluator.split("train"), alpha=evaluator.split("val"),
+                        score=evaluator.split("test")),
       num_examples={s: v["num_examples"] for s, v in meta.splits.items()},
-      data=data_dir, checkpoint=os.path.join(trainer.checkpoint_dir, str(step)),
+      data=data_dir, checkpoint=f"{trainer.checkpoint_dir}/{step}",
       wall_time_s=time.time() - start)
-  figure = os.path.join(stage_dir, "reconstructions.png")
+  figure = workdir.file("mae", "reconstructions.png")
   evaluator.reconstruction_figure(state.params, figure)  # every process computes, process 0 draws
-  if jax.process_index() == 0:
-    with open(os.path.join(stage_dir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    metrics_lib.log("Held-out reconstruction loss %.4f -> %.4f", init_loss, final_loss)
-    for name, r in probe.items():
-      metrics_lib.log("probe R2 %-18s %6.3f (random init %6.3f)", name, r["r2"], init_probe[name]["r2"])
-    metrics_lib.log("Wrote %s and %s", os.path.join(stage_dir, "results.json"), figure)
+  common.write_results(workdir, "mae", results)
+  metrics_lib.log("Held-out reconstruction loss %.4f -> %.4f", init_loss, final_loss)
+  for name, r in probe.items():
+    metrics_lib.log("probe R2 %-18s %6.3f (random init %6.3f)", name, r["r2"], init_probe[name]["r2"])
   return results
+
+
+STAGE = stages.Stage(name="mae", upstream=lambda config: (), hands_on="params/encoder (CmrEncoder)",
+                     run=run, task=lambda config: make_task(config)[-1],
+                     train_flops=train_flops_per_example)

@@ -10,7 +10,6 @@ ridge probe fitted on the mae encoder's features of true cines to the
 generated ones.
 """
 
-import json
 import logging
 import os
 import time
@@ -26,36 +25,37 @@ from cardionets_jax.data import pipeline
 from cardionets_jax.data import records
 from cardionets_jax.models import diffusion
 from cardionets_jax.models import mar as mar_lib
-from cardionets_jax.models import vae3d
 from cardionets_jax.models import vit
+from cardionets_jax import stages
 from cardionets_jax.stages import common
+from cardionets_jax.stages import context as context_lib
 from cardionets_jax.stages import mae as mae_stage
-from cardionets_jax.stages import tokenize as tokenize_stage
 from cardionets_jax.stages import vae as vae_stage
+from cardionets_jax.workdir import safe_name
 from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
 from cardionets_jax.train import state as state_lib
 
-FIELDS = ("latent_mean", "latent_logvar", "ecg_embedding")
 CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
 PROBE_TRAIN_LIMIT = 2048
 
 
-def latent_shape(config):
-  vcfg = config.tokenize_config.vae_config
-  m = vcfg.model
-  return vae3d.latent_shape(vae_stage.cmr_shape(vcfg), tuple(m.channel_mult), tuple(m.temporal_down),
-                            m.latent_channels)
+def token_shapes(config, tokens_meta=None):
+  """(latent shape, ECG embedding size) of the tokens the generator models: those of
+  `tokens_meta` (a tokens dataset), else (shape-only use) of configs/vae.py and configs/align.py
+  at the config's variant."""
+  if tokens_meta is not None:
+    return (tuple(tokens_meta.shapes["latent_mean"]),
+            int(tokens_meta.shapes["ecg_embedding"][0]))
+  vae_config = context_lib.config_for_upstream("vae", config)
+  align_config = context_lib.config_for_upstream("align", config)
+  return vae_stage.latent_shape(vae_config), align_config.model.embed_dim
 
 
-def embed_dim(config):
-  return config.tokenize_config.align_config.model.embed_dim
-
-
-def build_model(config):
+def build_model(config, latent_shape):
   m = config.model
-  seq_len, token_dim = mar_lib.token_layout(latent_shape(config), tuple(m.patch))
+  seq_len, token_dim = mar_lib.token_layout(latent_shape, tuple(m.patch))
   if m.head_width < token_dim:
     # Near t = T the noise to predict is almost the head's input: through a narrower hidden
     # layer it cannot be, and sampling diverges.
@@ -69,16 +69,15 @@ def build_model(config):
       head_depth=m.head_depth, dtype=jnp.dtype(config.train.compute_dtype))
 
 
-def example_spec(config):
-  shape = tuple(latent_shape(config))
-  return {"latent_mean": (shape, jnp.float32), "latent_logvar": (shape, jnp.float32),
-          "ecg_embedding": ((embed_dim(config),), jnp.float32)}
+def example_spec(latent_shape, embed_dim):
+  return {"latent_mean": (latent_shape, jnp.float32), "latent_logvar": (latent_shape, jnp.float32),
+          "ecg_embedding": ((embed_dim,), jnp.float32)}
 
 
 def train_flops_per_example(config):
   """3x the forward: the encoder at its most known tokens, the head on every token x mul."""
   m, c = config.model, config.mar
-  seq_len, token_dim = mar_lib.token_layout(latent_shape(config), tuple(m.patch))
+  seq_len, token_dim = mar_lib.token_layout(token_shapes(config)[0], tuple(m.patch))
   _, known = mar_lib.max_masked_known(seq_len, c.min_mask_ratio)
   return 3 * mar_lib.mar_flops(
       seq_len, token_dim, width=m.width, depth=m.depth, mlp_dim=m.mlp_dim,
@@ -108,11 +107,13 @@ def latent_stats(tokens_dir, limit):
 
 
 def make_task(config, tokens_dir=None):
-  """The mar task; `tokens_dir` (for the latent statistics) may be left out by shape-only users."""
-  model = build_model(config)
+  """The mar task on the tokens in `tokens_dir` (their shapes, and the latent statistics); shape-
+  only users (benchmarks, AOT compiles, tests) leave it out."""
+  tokens_meta = records.DatasetMeta.load(tokens_dir) if tokens_dir else None
+  shape, embed_dim = token_shapes(config, tokens_meta)
+  model = build_model(config, shape)
   c, patch = config.mar, tuple(config.model.patch)
   sched = diffusion.make_schedule(c.train_timesteps)
-  shape = tuple(latent_shape(config))
   channels = shape[-1]
 
   def masks(rng, batch_size):
@@ -121,7 +122,7 @@ def make_task(config, tokens_dir=None):
 
   def init_params(rng):
     tokens = jnp.zeros((1, model.seq_len, model.token_dim))
-    emb = jnp.zeros((1, embed_dim(config)))
+    emb = jnp.zeros((1, embed_dim))
     mask, idx, valid = masks(rng, 1)
     return model.init({"params": rng, "dropout": rng}, tokens, emb, jnp.ones((1,), bool), mask, idx,
                       valid, sched, rng, method=mar_lib.MAR.loss)["params"]
@@ -154,8 +155,9 @@ def make_task(config, tokens_dir=None):
       return jax.tree.map(lambda v, a: jax.device_put(jnp.asarray(v, a.dtype), a.sharding), values,
                           abstract)
 
-  return model, loop.Task(init_params=init_params, loss_fn=loss_fn, fields=FIELDS,
-                          init_frozen=init_frozen, load_frozen=load_frozen)
+  return model, loop.Task(init_params=init_params, loss_fn=loss_fn,
+                          spec=example_spec(shape, embed_dim), init_frozen=init_frozen,
+                          load_frozen=load_frozen)
 
 
 def make_generate(config, model, vae, shape):
@@ -179,33 +181,29 @@ def make_generate(config, model, vae, shape):
 class Evaluator:
   """Generated vs true held-out cines under each condition, and the mae phenotype probe."""
 
-  def __init__(self, config, workdir, model, trainer, tokens_dir, cohort_dir, cohort_meta):
+  def __init__(self, config, model, trainer, tokens_dir, mae_reference, cohort_dir, cohort_meta):
     self.config, self.trainer = config, trainer
     self.tokens_dir, self.cohort_dir, self.meta = tokens_dir, cohort_dir, cohort_meta
-    tcfg = config.tokenize_config
-    vcfg, mcfg = tcfg.vae_config, tcfg.align_config.mae_config
     mesh = trainer.mesh
-    vae_ckpt = config.init.vae_checkpoint or os.path.join(workdir, "vae", "checkpoints")
-    mae_ckpt = config.init.mae_checkpoint or os.path.join(workdir, "mae", "checkpoints")
-    self.vae = vae_stage.build_vae(vcfg)
-    video = jnp.zeros((1,) + vae_stage.cmr_shape(vcfg), jnp.uint8)
-    self.vae_params, vae_step = common.restore_params(
-        vae_ckpt, ("params", "vae"),
-        lambda r: self.vae.init({"params": r, "sample": r}, video)["params"], mesh)
-    encoder = mae_stage.build_encoder(mcfg)
-    self.encoder_params, mae_step = common.restore_params(
-        mae_ckpt, ("params", "encoder"),
-        lambda r: encoder.init(r, jnp.zeros((1,) + mae_stage.cmr_shape(mcfg), jnp.uint8))["params"], mesh)
-    self.sources = dict(vae=f"{vae_ckpt}/{vae_step}", mae=f"{mae_ckpt}/{mae_step}")
+    vae_reference = tokens_vae(tokens_dir)
+    self.vae, self.vae_params, _, vae_config = vae_stage.restore_vae(vae_reference, mesh)
+    self.cmr_shape = vae_stage.cmr_shape(vae_config)
+    encoder, self.encoder_params, _, mae_config = mae_stage.restore_encoder(mae_reference, mesh)
+    self.probe_alphas = tuple(mae_config.probe.alphas)
+    self.sources = dict(vae=vae_reference, mae=mae_reference)
     self._features = jax.jit(lambda p, v: encoder.apply({"params": p}, v))
     self._features_float = jax.jit(lambda p, v: encoder.apply(
         {"params": p}, jnp.round((v + 1.0) * 127.5).astype(jnp.uint8)))
     self._reconstruct = jax.jit(lambda p, v: jnp.clip(self.vae.apply(
         {"params": p}, self.vae.apply({"params": p}, v, method=self.vae.encode).mean,
         method=self.vae.decode), -1.0, 1.0))
-    self._generate = make_generate(config, model, self.vae, tuple(latent_shape(config)))
+    self._generate = make_generate(config, model, self.vae,
+                                   tuple(records.DatasetMeta.load(tokens_dir).shapes["latent_mean"]))
     self._scores = jax.jit(lambda x, y: (image_metrics.cine_ssim(x, y, vae_stage.DATA_RANGE),
                                          image_metrics.cine_psnr(x, y, vae_stage.DATA_RANGE)))
+
+  def split(self, name):
+    return common.eval_split(self.meta, name, self.config.data)
 
   def _probe(self):
     """Ridge map from the mae encoder's features of true cines to the phenotypes."""
@@ -213,16 +211,15 @@ class Evaluator:
     data = []
     for split, limit in (("train", PROBE_TRAIN_LIMIT), ("val", None)):
       feats, kept = common.map_split(lambda b: self._features(self.encoder_params, b["cmr"]),
-                                     self.cohort_dir, common.eval_split(self.meta, split), ("cmr",),
+                                     self.cohort_dir, self.split(split), ("cmr",),
                                      t.mesh, t.rules, keep=("phenotypes",), limit=limit)
       data.append((feats, kept["phenotypes"]))
-    predict, _ = evaluate.fit_ridge_probe(*data, alphas=tuple(self.config.tokenize_config.align_config
-                                                              .mae_config.probe.alphas))
+    predict, _ = evaluate.fit_ridge_probe(*data, alphas=self.probe_alphas)
     return predict
 
   def heldout(self):
     """The first eval.num_subjects held-out subjects: tokens and their true cines."""
-    split = common.eval_split(self.meta, "test")
+    split = self.split("test")
     e = self.config.eval
     tokens = {k: [] for k in ("subject_id", "ecg_embedding", "phenotypes")}
     for batch, valid in pipeline.eval_batches(self.tokens_dir, split, tuple(tokens), 64, e.num_subjects):
@@ -230,7 +227,7 @@ class Evaluator:
         tokens[k].append(batch[k][:valid])
     tokens = {k: np.concatenate(v) for k, v in tokens.items()}
     wanted = {sid: i for i, sid in enumerate(tokens["subject_id"])}
-    cines = np.zeros((len(wanted),) + vae_stage.cmr_shape(self.config.tokenize_config.vae_config), np.uint8)
+    cines = np.zeros((len(wanted),) + self.cmr_shape, np.uint8)
     found = 0
     for batch, valid in pipeline.eval_batches(self.cohort_dir, split, ("subject_id", "cmr"), 64):
       for sid, cine in zip(batch["subject_id"][:valid], batch["cmr"][:valid]):
@@ -278,7 +275,8 @@ class Evaluator:
     for name, cine in generated.items():
       ssim, psnr = (np.asarray(x) for x in self._scores(jnp.asarray(cine), jnp.asarray(truth)))
       scores[name] = dict(ssim=ssim, psnr=psnr)
-    result = {"num_subjects": n}
+    result = {"num_subjects": n, "split": self.split("test"),
+              "probe_fit_splits": [self.split("train"), self.split("val")]}
     for name, s in scores.items():
       result[name] = {m: evaluate.bootstrap_ci(np.mean, (s[m],), n_boot=e.n_boot) for m in ("ssim", "psnr")}
     for other in ("shuffled_ecg", "no_condition"):
@@ -319,7 +317,7 @@ def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
   to_uint8 = lambda x: np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
   rows = [("true", truth)] + [(k, generated[k]) for k in CONDITIONS]
   for i in range(min(num, len(truth))):
-    name = subject_ids[i].decode() if isinstance(subject_ids[i], bytes) else str(subject_ids[i])
+    name = safe_name(subject_ids[i].decode() if isinstance(subject_ids[i], bytes) else subject_ids[i])
     cine = to_uint8(generated["own_ecg"][i])
     nib.save(nib.Nifti1Image(np.transpose(cine, (2, 1, 0)), np.eye(4)),
              os.path.join(out_dir, f"{name}.nii.gz"))
@@ -342,56 +340,58 @@ def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
     plt.close(fig)
 
 
-def generator_dir(workdir):
-  return os.path.join(workdir, "mar", "generator")
+def tokens_vae(tokens_dir):
+  """The VAE checkpoint (step folder) a tokens dataset was made with: the generator decodes with
+  exactly that VAE."""
+  made_by = records.DatasetMeta.load(tokens_dir).provenance or {}
+  if "vae" not in made_by:
+    raise ValueError(f"{tokens_dir} does not record its VAE: re-run tokenize")
+  return f"{made_by['vae']['checkpoint']}/{made_by['vae']['step']}"
 
 
 def export_generator(state, workdir):
   """The sampling weights (EMA params) and the latent normalisation, for screening."""
   import orbax.checkpoint as ocp
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(generator_dir(workdir)),
-                    dict(params=state_lib.ema_params(state), frozen=state.frozen),
-                    force=True)
+  checkpointer.save(workdir.artifact("mar", "generator"),
+                    dict(params=state_lib.ema_params(state), frozen=state.frozen), force=True)
   checkpointer.wait_until_finished()
 
 
-def run(config, workdir):
-  from cardionets_jax import stages
+def run(config, context):
   start = time.time()
-  stage_dir = os.path.join(workdir, "mar")
+  workdir = context.workdir
   cohort_dir, cohort_meta = datasets.resolve(config, workdir)
-  tokens_dir = config.init.tokens or tokenize_stage.tokens_dir(workdir)
-  if not config.init.tokens and not os.path.exists(os.path.join(workdir, "tokenize", "results.json")):
-    metrics_lib.log("No finished tokenize stage in %s: running it first with its default config",
-                    workdir)
-    stages.get("tokenize").run(config.tokenize_config, workdir)
-  tokens_meta = records.DatasetMeta.load(tokens_dir)
-  if list(tokens_meta.shapes["latent_mean"]) != list(latent_shape(config)):
-    raise ValueError(f"Tokens in {tokens_dir} have latents {tokens_meta.shapes['latent_mean']}, the "
-                     f"config expects {list(latent_shape(config))}")
-  model, task = make_task(config, tokens_dir)
-  trainer = loop.Trainer(config, stage_dir, tokens_dir, task)
+  tokens = context.upstream("tokenize", config)
+  mae_up = context.upstream("mae", config)
+  model, task = make_task(config, tokens.path)
+  trainer = loop.Trainer(config, workdir, "mar", tokens.path, task, mesh=context.mesh)
   state = trainer.fit()
   export_generator(state, workdir)
-  evaluator = Evaluator(config, workdir, model, trainer, tokens_dir, cohort_dir, cohort_meta)
+  evaluator = Evaluator(config, model, trainer, tokens.path, mae_up.reference, cohort_dir,
+                        cohort_meta)
   result, generated, truth, ids = evaluator.evaluate(state)
   step = int(state.step)
   results = dict(stage="mar", variant=config.variant, step=step, heldout_test=result,
                  sample=config.sample.to_dict(), sources=evaluator.sources,
-                 checkpoint=os.path.join(trainer.checkpoint_dir, str(step)),
-                 wall_time_s=time.time() - start)
+                 upstream=dict(tokenize=tokens.describe(config.data),
+                               mae=mae_up.describe(config.data)),
+                 checkpoint=f"{trainer.checkpoint_dir}/{step}", wall_time_s=time.time() - start)
   if jax.process_index() == 0:
-    write_samples(os.path.join(stage_dir, "samples"), ids, generated, truth)
-    with open(os.path.join(stage_dir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    for name in CONDITIONS + ("vae_reconstruction",):
-      r = result[name]
-      metrics_lib.log("%-18s SSIM %.4f (%.4f-%.4f)  PSNR %.2f dB (%.2f-%.2f)", name, r["ssim"]["value"],
-                      r["ssim"]["low"], r["ssim"]["high"], r["psnr"]["value"], r["psnr"]["low"],
-                      r["psnr"]["high"])
-    for other in ("shuffled_ecg", "no_condition"):
-      d = result[f"own_ecg_minus_{other}"]["ssim"]
-      metrics_lib.log("SSIM own ECG - %s: %.4f (95%% CI %.4f-%.4f)", other, d["value"], d["low"], d["high"])
-    metrics_lib.log("Wrote %s and samples/", os.path.join(stage_dir, "results.json"))
+    write_samples(workdir.samples("mar"), ids, generated, truth)
+  common.write_results(workdir, "mar", results)
+  for name in CONDITIONS + ("vae_reconstruction",):
+    r = result[name]
+    metrics_lib.log("%-18s SSIM %.4f (%.4f-%.4f)  PSNR %.2f dB (%.2f-%.2f)", name, r["ssim"]["value"],
+                    r["ssim"]["low"], r["ssim"]["high"], r["psnr"]["value"], r["psnr"]["low"],
+                    r["psnr"]["high"])
+  for other in ("shuffled_ecg", "no_condition"):
+    d = result[f"own_ecg_minus_{other}"]["ssim"]
+    metrics_lib.log("SSIM own ECG - %s: %.4f (95%% CI %.4f-%.4f)", other, d["value"], d["low"], d["high"])
   return results
+
+
+STAGE = stages.Stage(name="mar", upstream=lambda config: ("tokenize", "mae"),
+                     hands_on="params (EMA in the optimizer state); artifacts/generator", run=run,
+                     task=lambda config: make_task(config)[-1],
+                     train_flops=train_flops_per_example)

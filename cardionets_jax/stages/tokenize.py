@@ -1,20 +1,18 @@
 """Tokenize: every subject's VAE latent (mean, log-variance) and aligned ECG embedding.
 
-Written as a TFDS dataset under `<workdir>/tokens/` and streamed by the same
-Grain pipeline as the cohort, so the generator never runs the VAE encoder
-while it trains.
+Written as a TFDS dataset under the workdir's tokens folder and streamed by the same Grain
+pipeline as the cohort, so the generator never runs the VAE encoder while it trains. The
+dataset records, as data, the VAE and align checkpoints (paths and steps) and the config that
+made it: the generator decodes with exactly that VAE.
 """
 
-import json
-import os
 import time
 
 import jax
-import jax.numpy as jnp
 
+from cardionets_jax import stages
 from cardionets_jax.data import datasets
 from cardionets_jax.data import records
-from cardionets_jax.models import vae3d
 from cardionets_jax.stages import align
 from cardionets_jax.stages import common
 from cardionets_jax.stages import vae as vae_stage
@@ -22,30 +20,15 @@ from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
 
 
-def tokens_dir(workdir):
-  return os.path.join(workdir, "tokens")
-
-
-def run(config, workdir):
-  from cardionets_jax import stages
+def run(config, context):
   start = time.time()
+  workdir = context.workdir
   data_dir, meta = datasets.resolve(config, workdir)
-  vae_ckpt = common.upstream_checkpoint(config.init.vae_checkpoint, workdir, "vae",
-                                        lambda: stages.get("vae").run(config.vae_config, workdir))
-  align_ckpt = common.upstream_checkpoint(
-      config.init.align_checkpoint, workdir, "align",
-      lambda: stages.get("align").run(config.align_config, workdir))
-  mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.axis_rules(config.mesh)
-
-  vae = vae_stage.build_vae(config.vae_config)
-  video = jnp.zeros((1,) + vae_stage.cmr_shape(config.vae_config), jnp.uint8)
-  vae_params, vae_step = common.restore_params(
-      vae_ckpt, ("params", "vae"),
-      lambda r: vae.init({"params": r, "sample": r}, video)["params"], mesh)
-  model, _, align_task = align.make_task(config.align_config)
-  align_params, align_step = common.restore_params(align_ckpt, ("params",), align_task.init_params,
-                                                   mesh)
-  acfg = config.align_config
+  vae_up, align_up = context.upstream("vae", config), context.upstream("align", config)
+  mesh = common.default_mesh(context.mesh, config)
+  rules = mesh_lib.axis_rules(config.mesh)
+  vae, vae_params, vae_step, vae_config = vae_stage.restore_vae(vae_up.reference, mesh)
+  model, align_params, align_step, acfg = align.restore_ecg(align_up.reference, mesh)
 
   @jax.jit
   def encode(batch):
@@ -57,38 +40,41 @@ def run(config, workdir):
     def generate():
       (mean, logvar, emb), kept = common.map_split(
           encode, data_dir, split, ("cmr", "ecg", "lead_mask"), mesh, rules,
-          keep=("subject_id", "phenotypes", "labels"), batch_size=16)
+          keep=("subject_id", "phenotypes", "labels"), batch_size=config.tokenize.batch_size)
       for i in range(len(mean)):
         yield dict(subject_id=kept["subject_id"][i].decode(), latent_mean=mean[i],
                    latent_logvar=logvar[i], ecg_embedding=emb[i],
                    phenotypes=kept["phenotypes"][i], labels=kept["labels"][i])
     return generate
 
-  m = config.vae_config.model
-  latent_shape = list(vae3d.latent_shape(vae_stage.cmr_shape(config.vae_config), tuple(m.channel_mult),
-                                         tuple(m.temporal_down), m.latent_channels))
+  latent_shape = list(vae_stage.latent_shape(vae_config))
+  made_by = dict(vae=dict(checkpoint=vae_up.path, step=int(vae_step)),
+                 align=dict(checkpoint=align_up.path, step=int(align_step)),
+                 data=data_dir, tokenize_config=config.to_dict())
   out_meta = records.DatasetMeta(
       phenotype_names=meta.phenotype_names, phenotype_units=meta.phenotype_units,
       label_names=meta.label_names,
       shapes=dict(latent_mean=latent_shape, latent_logvar=latent_shape,
                   ecg_embedding=[acfg.model.embed_dim]),
-      source=f"vae {vae_ckpt} (step {vae_step}); align {align_ckpt} (step {align_step}); data {data_dir}")
+      source=f"vae {vae_up.reference}; align {align_up.reference}; data {data_dir}",
+      provenance=made_by)
   splits = {s: split_examples(s) for s, info in meta.splits.items() if info["num_with_cmr"]}
-  out = tokens_dir(workdir)
   counts = {s: meta.splits[s]["num_with_cmr"] for s in splits}
-  results = dict(stage="tokenize", variant=config.variant, tokens=out, num_examples=counts,
-                 latent_shape=latent_shape, vae_checkpoint=vae_ckpt, vae_step=int(vae_step),
-                 align_checkpoint=align_ckpt, align_step=int(align_step), data=data_dir)
+  results = dict(stage="tokenize", variant=config.variant, tokens=workdir.tokens,
+                 num_examples=counts, latent_shape=latent_shape,
+                 upstream=dict(vae=vae_up.describe(config.data), align=align_up.describe(config.data)),
+                 data=data_dir)
   if jax.process_index() == 0:
     directory = records.write_dataset(
-        out, splits, out_meta, builder_cls=records.CardionetsTokens,
+        workdir.tokens, splits, out_meta, builder_cls=records.CardionetsTokens,
         feature_dict=records.token_features(latent_shape, acfg.model.embed_dim,
                                             len(meta.phenotype_names), len(meta.label_names)))
-    results["wall_time_s"] = time.time() - start
-    # Written last: its presence tells downstream stages the tokens are complete.
-    os.makedirs(os.path.join(workdir, "tokenize"), exist_ok=True)
-    with open(os.path.join(workdir, "tokenize", "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
     metrics_lib.log("Tokenized %s into %s in %.1fs", counts, directory, time.time() - start)
+  results["wall_time_s"] = time.time() - start
+  common.write_results(workdir, "tokenize", results)
   return results
 
+
+STAGE = stages.Stage(name="tokenize", upstream=lambda config: ("vae", "align"),
+                     hands_on="the tokens dataset (latent mean, log-variance, ECG embedding)",
+                     run=run)

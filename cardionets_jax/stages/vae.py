@@ -6,8 +6,6 @@ the same step under the same optimizer: stop-gradients keep each term to its
 own network. Hands on `params/vae` through its Orbax checkpoint.
 """
 
-import json
-import os
 import time
 
 import jax
@@ -20,6 +18,7 @@ from cardionets_jax.data import datasets
 from cardionets_jax.data import pipeline
 from cardionets_jax.models import vae3d
 from cardionets_jax.models import vit
+from cardionets_jax import stages
 from cardionets_jax.stages import common
 from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
@@ -43,10 +42,6 @@ def build_discriminator(config):
   return vae3d.PatchDiscriminator3D(channels=config.vae.disc_channels,
                                     num_layers=config.vae.disc_layers,
                                     dtype=jnp.dtype(config.train.compute_dtype))
-
-
-def example_spec(config):
-  return {"cmr": (cmr_shape(config), jnp.uint8)}
 
 
 def train_flops_per_example(config):
@@ -115,7 +110,31 @@ def make_task(config):
       metrics = dict(metrics, g_loss=g_loss, d_loss=d_loss)
     return loss, metrics
 
-  return vae, loop.Task(init_params=init_params, loss_fn=loss_fn, fields=("cmr",))
+  return vae, loop.Task(init_params=init_params, loss_fn=loss_fn,
+                        spec={"cmr": (cmr_shape(config), jnp.uint8)})
+
+
+def latent_shape(config):
+  """The latent (frames, height, width, channels) of a whole cine under `config`'s VAE."""
+  m = config.model
+  return tuple(vae3d.latent_shape(cmr_shape(config), tuple(m.channel_mult), tuple(m.temporal_down),
+                                  m.latent_channels))
+
+
+def init_vae(vae, config, rng):
+  video = jnp.zeros((1,) + cmr_shape(config), jnp.uint8)
+  return vae.init({"params": rng, "sample": rng}, video)["params"]
+
+
+def restore_vae(reference, mesh):
+  """(VAE module, its params, step, config) from a vae checkpoint, rebuilt from its saved config:
+  the one place a trained VAE is loaded (tokenize, mar, screening, benchmarks)."""
+  from cardionets_jax.train import checkpoint as ckpt_lib
+  config = ckpt_lib.saved_config(reference)
+  vae = build_vae(config)
+  params, step = common.restore_params(reference, ("params", "vae"),
+                                       lambda r: init_vae(vae, config, r), mesh)
+  return vae, params, step, config
 
 
 class Evaluator:
@@ -135,22 +154,22 @@ class Evaluator:
 
   def evaluate(self, params, split="test"):
     t = self.trainer
+    split = common.eval_split(self.meta, split, self.config.data)
     (_, psnr, ssim, latent), _ = common.map_split(
-        lambda b: self._reconstruct(params["vae"], b["cmr"]), self.data_dir,
-        common.eval_split(self.meta, split), ("cmr",), t.mesh, t.rules,
-        batch_size=16)
-    return dict(psnr=float(np.mean(psnr)), ssim=float(np.mean(ssim)),
+        lambda b: self._reconstruct(params["vae"], b["cmr"]), self.data_dir, split, ("cmr",),
+        t.mesh, t.rules, batch_size=16)
+    return dict(split=split, psnr=float(np.mean(psnr)), ssim=float(np.mean(ssim)),
                 latent_mean=float(np.mean(latent)), latent_std=float(np.std(latent)),
                 n=int(len(psnr)))
 
-  def figures(self, params, stage_dir, num_subjects=3, num_frames=6):
+  def figures(self, params, workdir, num_subjects=3, num_frames=6):
     import imageio.v2 as imageio
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     t = self.trainer
-    batch, _ = next(pipeline.eval_batches(self.data_dir, common.eval_split(self.meta, "test"),
-                                          ("cmr",), 16))
+    batch, _ = next(pipeline.eval_batches(
+        self.data_dir, common.eval_split(self.meta, "test", self.config.data), ("cmr",), 16))
     with mesh_lib.active(t.mesh, t.rules):
       dev = mesh_lib.replicated_batch({"cmr": batch["cmr"]}, t.mesh, t.rules)
       recon, *_ = self._reconstruct(params["vae"], dev["cmr"])
@@ -174,21 +193,21 @@ class Evaluator:
             ax.set_title(f"frame {f}", fontsize=7)
     fig.suptitle("3D-VAE on held-out subjects", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(stage_dir, "reconstructions.png"), dpi=110)
+    fig.savefig(workdir.file("vae", "reconstructions.png"), dpi=110)
     plt.close(fig)
     # Original | reconstruction side by side, one GIF frame per cine frame.
     pair = np.concatenate([original[:num_subjects], recon[:num_subjects]], axis=3)
     pair = np.concatenate(list(pair), axis=1)                      # subjects stacked vertically
     gif = ((np.clip(pair, -1, 1) + 1) * 127.5).astype(np.uint8)
-    imageio.mimsave(os.path.join(stage_dir, "reconstructions.gif"), list(gif), duration=0.08, loop=0)
+    imageio.mimsave(workdir.file("vae", "reconstructions.gif"), list(gif), duration=0.08, loop=0)
 
 
-def run(config, workdir):
+def run(config, context):
   start = time.time()
-  stage_dir = os.path.join(workdir, "vae")
+  workdir = context.workdir
   data_dir, meta = datasets.resolve(config, workdir)
   vae, task = make_task(config)
-  trainer = loop.Trainer(config, stage_dir, data_dir, task)
+  trainer = loop.Trainer(config, workdir, "vae", data_dir, task, mesh=context.mesh)
   evaluator = Evaluator(config, vae, trainer, data_dir, meta)
   initial = evaluator.evaluate(trainer.state.params, "val")
   metrics_lib.log("Before training: held-out PSNR %.2f dB, SSIM %.3f", initial["psnr"], initial["ssim"])
@@ -201,17 +220,18 @@ def run(config, workdir):
   state = trainer.fit(on_eval)
   final = evaluator.evaluate(state.params, "test")
   results = dict(stage="vae", variant=config.variant, step=int(state.step),
-                 latent_shape=list(vae3d.latent_shape(cmr_shape(config), tuple(config.model.channel_mult),
-                                                      tuple(config.model.temporal_down),
-                                                      config.model.latent_channels)),
+                 latent_shape=list(latent_shape(config)),
                  heldout_initial_val=initial, heldout_test=final,
-                 checkpoint=os.path.join(trainer.checkpoint_dir, str(int(state.step))),
+                 checkpoint=f"{trainer.checkpoint_dir}/{int(state.step)}",
                  wall_time_s=time.time() - start)
-  evaluator.figures(state.params, stage_dir)  # every process computes, process 0 draws
-  if jax.process_index() == 0:
-    with open(os.path.join(stage_dir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    metrics_lib.log("Held-out reconstruction: PSNR %.2f dB, SSIM %.3f (before training %.2f dB, %.3f); "
-                    "latent mean %.3f std %.3f", final["psnr"], final["ssim"], initial["psnr"],
-                    initial["ssim"], final["latent_mean"], final["latent_std"])
+  evaluator.figures(state.params, workdir)  # every process computes, process 0 draws
+  common.write_results(workdir, "vae", results)
+  metrics_lib.log("Held-out reconstruction: PSNR %.2f dB, SSIM %.3f (before training %.2f dB, %.3f); "
+                  "latent mean %.3f std %.3f", final["psnr"], final["ssim"], initial["psnr"],
+                  initial["ssim"], final["latent_mean"], final["latent_std"])
   return results
+
+
+STAGE = stages.Stage(name="vae", upstream=lambda config: (), hands_on="params/vae (VAE3D)", run=run,
+                     task=lambda config: make_task(config)[-1],
+                     train_flops=train_flops_per_example)

@@ -1,46 +1,106 @@
-"""Orbax checkpoints: train state + Grain iterator state + config, together."""
+"""Orbax checkpoints: train state + Grain iterator state + config + training progress, together.
+
+A checkpoint reference (`config.init.<stage>`, a `--workdir` stage) is a stage's checkpoints
+directory or one step inside it; `resolve` turns it into (directory, step), `saved_config` reads
+the config the stage was trained with, `restore_subtree` reads part of its train state.
+"""
 
 import logging
 import os
+import shutil
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 
 class Checkpointer:
-  """One CheckpointManager per stage, under `<workdir>/<stage>/checkpoints`."""
+  """One CheckpointManager per stage (or finetune method).
+
+  Keeps the last `keep` steps and, when saves carry a validation `score`, the best one too: the
+  best checkpoint and the early-stopping progress live in the manager, atomic with the state.
+  """
 
   def __init__(self, directory, keep=2, async_save=True):
     self.directory = os.path.abspath(directory)
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(keep),
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m["score"], n=1,
+                                  keep_checkpoints_without_metrics=False)])
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save))
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
+                                             preservation_policy=policy))
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, step, state, data_iterator, config):
-    args = dict(state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(config.to_dict()))
+  def all_steps(self):
+    return sorted(self.manager.all_steps())
+
+  def save(self, step, state, data_iterator, config, progress=None, score=None):
+    """`progress` (JSON: early-stopping history) is restored with the state; `score` (higher is
+    better) makes the step a candidate for the kept best checkpoint."""
+    args = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()),
+                progress=ocp.args.JsonSave(progress or {}))
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self.manager.save(step, args=ocp.args.Composite(**args))
+    metrics = None if score is None else {"score": float(score)}
+    self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
 
   def restore(self, step, abstract_state, data_iterator=None):
-    """Restores into the shardings carried by `abstract_state`'s leaves."""
+    """Restores (state, progress) into the shardings carried by `abstract_state`'s leaves."""
     args = dict(state=ocp.args.StandardRestore(abstract_state))
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    return restored["state"]
+    return restored["state"], self.progress(step)
+
+  def progress(self, step):
+    return saved_progress(f"{self.directory}/{step}")
+
+  def restore_latest(self, abstract_state, data_iterator, quarantine):
+    """The newest step that restores; damaged newer steps are moved to `quarantine` with a
+    warning naming both. Returns (state, progress, step), or (None, {}, None) when none exist."""
+    for step in reversed(self.all_steps()):
+      try:
+        state, progress = self.restore(step, abstract_state, data_iterator)
+      except Exception as e:  # a truncated array file, a missing commit marker...
+        older = [s for s in self.all_steps() if s < step]
+        logging.warning("Checkpoint %s/%d cannot be restored (%s: %s); moving it to %s and "
+                        "resuming from %s", self.directory, step, type(e).__name__,
+                        str(e).splitlines()[0][:300] if str(e) else "", quarantine,
+                        f"{self.directory}/{older[-1]}" if older else "scratch")
+        self._quarantine(step, quarantine)
+        continue
+      return state, progress, step
+    return None, {}, None
+
+  def _quarantine(self, step, quarantine):
+    if jax.process_index() == 0:
+      os.makedirs(quarantine, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), os.path.join(quarantine, str(step)))
+    self.manager.reload()
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
+
+
+def resolve(reference):
+  """A checkpoints directory or one step in it -> (checkpoints directory, step)."""
+  path = os.path.abspath(reference)
+  if os.path.basename(path).isdigit() and os.path.isdir(path):
+    return os.path.dirname(path), int(os.path.basename(path))
+  step = latest_step(path)
+  if step is None:
+    raise FileNotFoundError(f"No finished checkpoint at {path} (a stage's checkpoints/ folder "
+                            "or one step in it)")
+  return path, step
 
 
 def latest_step(checkpoint_dir):
@@ -53,38 +113,55 @@ def latest_step(checkpoint_dir):
   return ocp.CheckpointManager(checkpoint_dir).latest_step()
 
 
+def saved_config(reference):
+  """The config a checkpoint was trained with (read through Orbax, not its files)."""
+  directory, step = resolve(reference)
+  config = read_item(reader(directory), step, "config")
+  if config is None:
+    raise FileNotFoundError(f"Checkpoint {directory}/{step} holds no config")
+  return ml_collections.ConfigDict(config)
+
+
+def saved_progress(reference):
+  """The early-stopping progress saved with a checkpoint ({} when none)."""
+  directory, step = resolve(reference)
+  return read_item(reader(directory), step, "progress") or {}
+
+
+def reader(directory):
+  """A manager for reading a checkpoints directory, with handlers for every item."""
+  return ocp.CheckpointManager(
+      directory, item_handlers=dict({name: ocp.JsonCheckpointHandler() for name in JSON_ITEMS},
+                                    state=ocp.PyTreeCheckpointHandler()))
+
+
+JSON_ITEMS = ("config", "progress")
+
+
+def read_item(manager, step, name):
+  """A JSON item (`config`, `progress`) of a step, or None when the step has no such item."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name]
+  except KeyError:
+    return None
+
+
 def abstract_with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def restore_subtree(checkpoint_dir, path, abstract_target, step=None):
-  """Restores `state.<path>` (e.g. ('params', 'encoder')) from a stage's
-  checkpoints into the shardings of `abstract_target`, reading nothing else.
-
-  `checkpoint_dir` is a stage's checkpoints directory or one step inside it.
-  """
-  checkpoint_dir = os.path.abspath(checkpoint_dir)
-  if os.path.basename(checkpoint_dir).isdigit():
-    step, checkpoint_dir = int(os.path.basename(checkpoint_dir)), os.path.dirname(checkpoint_dir)
-  manager = ocp.CheckpointManager(checkpoint_dir)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {checkpoint_dir}")
-  state_dir = os.path.join(checkpoint_dir, str(step), "state")
+def restore_subtree(reference, path, abstract_target):
+  """Restores `state.<path>` (e.g. ('params', 'encoder')) of a checkpoint into the shardings of
+  `abstract_target`, reading nothing else. Returns (values, step)."""
+  directory, step = resolve(reference)
   target = abstract_target
   for key in reversed(path):
     target = {key: target}
-  restored = _partial_restore(state_dir, target)
+  restored = reader(directory).restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))["state"]
   for key in path:
     restored = restored[key]
-  logging.info("Restored %s from %s (step %d)", "/".join(path), checkpoint_dir, step)
+  logging.info("Restored %s from %s (step %d)", "/".join(path), directory, step)
   return restored, step
-
-
-def _partial_restore(state_dir, target):
-  """Reads only the leaves present in `target`."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  return checkpointer.restore(
-      state_dir, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))

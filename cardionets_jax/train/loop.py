@@ -16,16 +16,16 @@ import numpy as np
 from cardionets_jax.data import pipeline
 from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import program as program_lib
 from cardionets_jax.train import metrics as metrics_lib
 from cardionets_jax.train import state as state_lib
-from cardionets_jax.train import step as step_lib
 
 
 @dataclasses.dataclass
 class Task:
   init_params: Callable                  # rng -> params boxed with logical axes
-  loss_fn: Callable                      # (params, frozen, batch, rng) -> (loss, scalar metrics)
-  fields: tuple                          # dataset fields the loss reads
+  loss_fn: Callable                      # (params, frozen, batch, rng, step) -> (loss, scalar metrics)
+  spec: dict                             # field the loss reads -> (shape of one example, dtype)
   init_frozen: Optional[Callable] = None  # () -> boxed frozen tree (shapes and shardings)
   # Upstream weights: (abstract tree with shardings, mesh, rules) -> {top-level key: values}; the
   # keys returned replace those of the freshly initialised frozen tree / params.
@@ -34,31 +34,52 @@ class Task:
   lr_scales: Optional[Callable] = None    # params -> tree of per-leaf LR factors (layer decay)
   subset: tuple = (1.0, 0)                # (fraction, seed) of training subjects used
 
+  @property
+  def fields(self):
+    return tuple(self.spec)
+
 
 @dataclasses.dataclass
-class Trainer:
-  """Everything built around a task; `fit` runs it, stages reuse the rest."""
-  config: Any
-  stage_dir: str
-  data_dir: str
-  task: Task
-  mesh: Any = None
-  rules: Any = None
-  tx: Any = None
-  schedule: Any = None
-  state: Any = None
-  shardings: Any = None
-  abstract_params: Any = None
+class EarlyStopping:
+  """Validation-driven stopping: higher `score` is better; `patience` evaluations without a
+  better one stop the run. Its history is saved in every checkpoint, atomic with the state."""
+  score: Callable                          # (state, step) -> float
+  patience: int
 
-  def __post_init__(self):
-    cfg = self.config
-    self.mesh = mesh_lib.make_mesh(cfg.mesh)
-    self.rules = mesh_lib.axis_rules(cfg.mesh)
-    self.tx, self.schedule = state_lib.make_optimizer(cfg.train, self.task.lr_scales)
-    metrics_lib.log("Devices: %d x %s over %d process(es); mesh %s", jax.device_count(),
+  @staticmethod
+  def update(progress, step, score, patience):
+    """The progress after an evaluation at `step` (a new dict; JSON-serialisable)."""
+    best = progress.get("best_score")
+    improved = best is None or score > best
+    out = dict(progress, last_step=int(step), last_score=float(score))
+    if improved:
+      out.update(best_score=float(score), best_step=int(step), stale=0)
+    else:
+      out["stale"] = int(progress.get("stale", 0)) + 1
+    out["stopped"] = out["stale"] >= patience
+    return out
+
+
+class Trainer:
+  """Everything built around a task; `fit` runs it, stages reuse the rest.
+
+  `workdir`, `stage` (and `run`, for one finetune method) say where it writes; `mesh` may be given
+  (tests run stages in process on one device), else it is `config.mesh` over every device.
+  """
+
+  def __init__(self, config, workdir, stage, data_dir, task, run=None, mesh=None):
+    self.config, self.workdir, self.stage, self.run = config, workdir, stage, run
+    self.data_dir, self.task = data_dir, task
+    self.stage_dir = workdir.stage_dir(stage, run)
+    self.checkpoint_dir = workdir.checkpoints(stage, run)
+    self.program = program_lib.build(config, task, mesh)
+    self.mesh, self.rules = self.program.mesh, self.program.rules
+    self.shardings = self.program.shardings
+    self.abstract_params = self.program.abstract_params
+    self.progress = {}
+    metrics_lib.log("Devices: %d x %s over %d process(es); mesh %s", self.mesh.devices.size,
                     jax.devices()[0].device_kind, jax.process_count(), dict(self.mesh.shape))
-    self.state, self.shardings, self.abstract_params = state_lib.create_state(
-        self.task.init_params, self.tx, cfg.seed, self.mesh, self.rules, self.task.init_frozen)
+    self.state = self.program.init_state(config.seed)
     if self.task.load_frozen is not None:
       abstract = ckpt_lib.abstract_with_shardings(self.state.frozen, self.shardings.frozen)
       loaded = self.task.load_frozen(abstract, self.mesh, self.rules)
@@ -70,84 +91,111 @@ class Trainer:
     for line in state_lib.param_table(self.abstract_params):
       metrics_lib.log("params  %s", line)
 
-  @property
-  def checkpoint_dir(self):
-    return os.path.join(self.stage_dir, "checkpoints")
+  def restore_step(self, step):
+    """The train state saved at `step` (the best checkpoint, say), in this program's shardings."""
+    ckpt = ckpt_lib.Checkpointer(self.checkpoint_dir, keep=self.config.train.keep_checkpoints)
+    try:
+      state, _ = ckpt.restore(step, ckpt_lib.abstract_with_shardings(self.state, self.shardings))
+    finally:
+      ckpt.close()
+    return state
 
-  def fit(self, on_eval: Optional[Callable] = None):
+  def _data_iterator(self):
+    cfg, tcfg = self.config, self.config.train
+    return pipeline.train_iterator(
+        self.data_dir, "train", self.task.fields + ("subject_id",), tcfg.batch_size,
+        seed=cfg.data.shuffle_seed + cfg.seed, worker_count=cfg.data.worker_count,
+        worker_buffer_size=cfg.data.worker_buffer_size, read_threads=cfg.data.read_threads,
+        subset=self.task.subset)
+
+  def _resume(self, ckpt, data_iter):
+    abstract = ckpt_lib.abstract_with_shardings(self.state, self.shardings)
+    state, progress, step = ckpt.restore_latest(
+        abstract, data_iter, self.workdir.quarantine(self.stage, self.run))
+    if step is not None:
+      self.state, self.progress = state, progress
+      metrics_lib.log("Resumed from %s/%d", self.checkpoint_dir, step)
+
+  def fit(self, on_eval: Optional[Callable] = None, early_stopping: Optional[EarlyStopping] = None):
     """Trains to config.train.num_steps, resuming from the latest checkpoint.
 
-    `on_eval(state, step, writer)` runs every train.eval_every steps; when it
-    returns True (early stopping) training ends there, with a checkpoint.
+    `on_eval(state, step, writer)` runs every train.eval_every steps. With `early_stopping` each
+    evaluation's score is checkpointed (the best step is kept) and training ends after `patience`
+    evaluations without a better one; a rerun of a stopped or finished run trains nothing.
     """
-    cfg, tcfg = self.config, self.config.train
-    fields = tuple(self.task.fields) + ("subject_id",)
-    data_iter = pipeline.train_iterator(
-        self.data_dir, "train", fields, tcfg.batch_size, seed=cfg.data.shuffle_seed + cfg.seed,
-        worker_count=cfg.data.worker_count, worker_buffer_size=cfg.data.worker_buffer_size,
-        read_threads=cfg.data.read_threads, subset=self.task.subset)
+    tcfg = self.config.train
+    data_iter = self._data_iterator()
     ckpt = ckpt_lib.Checkpointer(self.checkpoint_dir, keep=tcfg.keep_checkpoints)
-    latest = ckpt.latest_step()
-    if latest is not None:
-      abstract = ckpt_lib.abstract_with_shardings(self.state, self.shardings)
-      self.state = ckpt.restore(latest, abstract, data_iter)
-      metrics_lib.log("Resumed from %s/%d", self.checkpoint_dir, latest)
+    self._resume(ckpt, data_iter)
     step = int(self.state.step)
-
     writer = metrics_lib.MetricWriter(self.stage_dir)
-    step_fn = step_lib.make_train_step(self.task.loss_fn, self.tx, self.schedule,
-                                       tcfg.grad_accum_steps)
-    train_step = None  # jitted once the first batch shows the field ranks
-    progress = metrics_lib.Progress(tcfg.num_steps, tcfg.batch_size, first_step=step)
-    pending = []  # (step, device metrics, subject ids): fetched in bulk to keep the device busy
-
-    def flush():
-      """Fetches pending metrics, stops on a non-finite loss, logs the mean."""
-      if not pending:
-        return
-      fetched = jax.device_get([m for _, m, _ in pending])
-      for (s, _, ids), m in zip(pending, fetched):
-        if not np.isfinite(m["loss"]):
-          last = ckpt.latest_step()
-          raise FloatingPointError(
-              f"Non-finite loss ({m['loss']}) at step {s} on a batch with subjects "
-              f"{[i.decode() for i in ids[:8]]}{' ...' if len(ids) > 8 else ''}; last good "
-              f"checkpoint: {os.path.join(self.checkpoint_dir, str(last)) if last is not None else 'none'}")
-      mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      writer.write(pending[-1][0], mean)
-      line = progress.update(pending[-1][0])
-      if line:
-        metrics_lib.log("%s  loss %.4f", line, mean["loss"])
-      pending.clear()
-
-    if step >= tcfg.num_steps:
-      metrics_lib.log("Training already finished (%d steps)", step)
+    log = _MetricLog(writer, metrics_lib.Progress(tcfg.num_steps, tcfg.batch_size, first_step=step),
+                     ckpt, self.checkpoint_dir)
+    if step >= tcfg.num_steps or self.progress.get("stopped"):
+      metrics_lib.log("Training already finished (step %d%s)", step,
+                      ", early-stopped" if self.progress.get("stopped") else "")
     try:
       with mesh_lib.active(self.mesh, self.rules):
-        while step < tcfg.num_steps:
+        while step < tcfg.num_steps and not self.progress.get("stopped"):
           batch = next(data_iter)
           ids = batch.pop("subject_id")
-          if train_step is None:
-            train_step = step_lib.jit_train_step(step_fn, self.shardings, self.mesh, self.rules,
-                                                 {k: v.ndim for k, v in batch.items()})
-          self.state, metrics = train_step(self.state,
-                                           mesh_lib.global_batch(batch, self.mesh, self.rules))
+          self.state, metrics = self.program.step(
+              self.state, mesh_lib.global_batch(batch, self.mesh, self.rules))
           step += 1
-          pending.append((step, metrics, ids))
+          log.pending.append((step, metrics, ids))
           if step % tcfg.log_every == 0 or step == tcfg.num_steps or step == 1:
-            flush()
-          stop = (on_eval is not None and tcfg.eval_every and step % tcfg.eval_every == 0
-                  and on_eval(self.state, step, writer))
-          if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or stop:
-            flush()  # never checkpoint past a NaN
-            ckpt.save(step, self.state, data_iter, cfg)
-          if stop:
-            if step < tcfg.num_steps:
-              metrics_lib.log("Early stop at step %d: no better validation score in the last "
-                              "evaluations", step)
-            break
+            log.flush()
+          score = self._evaluate(step, on_eval, early_stopping, writer)
+          if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps or score is not None:
+            log.flush()  # never checkpoint past a NaN
+            ckpt.save(step, self.state, data_iter, self.config, self.progress, score)
+      if self.progress.get("stopped") and step < tcfg.num_steps:
+        metrics_lib.log("Early stop at step %d: no better validation score in the last %d "
+                        "evaluations (best: step %d)", step, early_stopping.patience,
+                        self.progress["best_step"])
     finally:
       ckpt.wait()
       ckpt.close()
       writer.close()
     return self.state
+
+  def _evaluate(self, step, on_eval, early_stopping, writer):
+    """Runs the evaluations due at `step`; returns the early-stopping score, if one was taken."""
+    every = self.config.train.eval_every
+    if not every or step % every:
+      return None
+    if on_eval is not None:
+      on_eval(self.state, step, writer)
+    if early_stopping is None:
+      return None
+    score = early_stopping.score(self.state, step)
+    writer.write(step, {"score": score}, split="val")
+    self.progress = EarlyStopping.update(self.progress, step, score, early_stopping.patience)
+    return score
+
+
+class _MetricLog:
+  """Pending step metrics, fetched in bulk (to keep the device busy), checked and logged."""
+
+  def __init__(self, writer, progress, ckpt, checkpoint_dir):
+    self.writer, self.progress, self.ckpt, self.checkpoint_dir = writer, progress, ckpt, checkpoint_dir
+    self.pending = []  # (step, device metrics, subject ids)
+
+  def flush(self):
+    """Fetches pending metrics, stops on a non-finite loss, logs the mean."""
+    if not self.pending:
+      return
+    fetched = jax.device_get([m for _, m, _ in self.pending])
+    for (s, _, ids), m in zip(self.pending, fetched):
+      if not np.isfinite(m["loss"]):
+        last = self.ckpt.latest_step()
+        raise FloatingPointError(
+            f"Non-finite loss ({m['loss']}) at step {s} on a batch with subjects "
+            f"{[i.decode() for i in ids[:8]]}{' ...' if len(ids) > 8 else ''}; last good "
+            f"checkpoint: {os.path.join(self.checkpoint_dir, str(last)) if last is not None else 'none'}")
+    mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    self.writer.write(self.pending[-1][0], mean)
+    line = self.progress.update(self.pending[-1][0])
+    if line:
+      metrics_lib.log("%s  loss %.4f", line, mean["loss"])
+    self.pending.clear()
