@@ -7,9 +7,9 @@
 Each point of the grid and seed is a run in `ROOT/<name>/` (the name spells
 its overrides), started as `python -m cardionets_jax.main --config=CONFIG
 --workdir=ROOT/<name> --config.KEY=VALUE ... --config.seed=SEED`. With
-`--upstream=DIR`, the entries of DIR other than the swept stage (the cohort,
-finished upstream stages) are linked into every run's workdir, so the runs
-share them instead of retraining them. `--print` prints the commands (to
+`--upstream=DIR`, every run reads DIR's finished upstream stages through
+`--config.init.<stage>=` references and shares DIR's cohort (linked in), so
+the runs do not retrain them. `--print` prints the commands (to
 hand to a scheduler or `launch/gpu.sh`) instead of running them; a finished
 run is skipped on a rerun. Every run's `<stage>/results.json` is flattened
 (numbers only, keys joined by '.') into `ROOT/results.csv`, one row per run.
@@ -25,6 +25,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run as a script from a checkout
+
+from cardionets_jax.workdir import Workdir  # noqa: E402
 
 
 def parse_grid(spec):
@@ -61,12 +64,23 @@ def stage_of(config):
   return os.path.splitext(os.path.basename(config.split(":", 1)[0]))[0]
 
 
-def link_upstream(upstream, workdir, stage):
-  os.makedirs(workdir, exist_ok=True)
-  for entry in sorted(os.listdir(upstream)):
-    target, link = os.path.abspath(os.path.join(upstream, entry)), os.path.join(workdir, entry)
-    if entry != stage and not os.path.lexists(link):
-      os.symlink(target, link)
+def upstream_references(config, upstream):
+  """`init.<stage>=` settings pointing every upstream stage `config` names at `upstream`'s."""
+  import importlib
+  path, _, arg = config.partition(":")
+  stage = stage_of(path)
+  names = importlib.import_module(f"cardionets_jax_configs.{stage}").get_config(arg or None).init
+  source = Workdir(upstream)
+  return [f"init.{name}={source.tokens if name == 'tokenize' else source.checkpoints(name)}"
+          for name in names if source.finished(name)]
+
+
+def share_cohort(upstream, workdir):
+  """Links `upstream`'s synthetic cohort into `workdir`, so runs do not simulate it again."""
+  source, target = Workdir(upstream).data_root, Workdir(workdir).data_root
+  if os.path.isdir(source) and not os.path.lexists(target):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.symlink(source, target)
 
 
 def flatten(tree, prefix=""):
@@ -84,9 +98,10 @@ def gather(root, runs, stage):
   """One CSV row per run: its overrides, seed, status and every number in its results.json."""
   rows = []
   for name, overrides, seed in runs:
-    path = os.path.join(root, name, stage, "results.json")
-    row = dict(run=name, **overrides, seed=seed, status="finished" if os.path.exists(path) else "missing")
-    if os.path.exists(path):
+    workdir = Workdir(os.path.join(root, name))
+    path, finished = workdir.results(stage), workdir.finished(stage)
+    row = dict(run=name, **overrides, seed=seed, status="finished" if finished else "missing")
+    if finished and os.path.exists(path):
       with open(path) as f:
         row.update(flatten(json.load(f)))
     rows.append(row)
@@ -112,18 +127,19 @@ def main(argv=None):
 
   stage = stage_of(args.config)
   runs = expand(parse_grid(args.grid), [int(s) for s in args.seeds.split(",")])
+  fixed = args.set + (upstream_references(args.config, args.upstream) if args.upstream else [])
   failed = 0
   for i, (name, overrides, seed) in enumerate(runs):
     workdir = os.path.join(args.root, name)
-    cmd = command(args.config, workdir, overrides, seed, args.set)
+    cmd = command(args.config, workdir, overrides, seed, fixed)
     if args.print_only:
       print(shlex.join(cmd))
       continue
-    if os.path.exists(os.path.join(workdir, stage, "results.json")):
+    if Workdir(workdir).finished(stage):
       print(f"[{i + 1}/{len(runs)}] {name}: finished, skipped", flush=True)
       continue
     if args.upstream:
-      link_upstream(args.upstream, workdir, stage)
+      share_cohort(args.upstream, workdir)
     print(f"[{i + 1}/{len(runs)}] {name}", flush=True)
     result = subprocess.run(cmd, cwd=REPO)
     if result.returncode:

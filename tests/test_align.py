@@ -8,22 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from cardionets_jax.stages import align
-from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import state as state_lib
-from cardionets_jax.train import step as step_lib
-from configs import align as align_configs
-
+from tests import conftest
 
 
 def tiny_align_config(**align_overrides):
-  config = align_configs.get_config("variant=tiny")
-  config.mae_config.model.update(width=32, depth=1, num_heads=2, mlp_dim=64, decoder_width=32,
-                                 decoder_depth=1, decoder_heads=2, decoder_mlp_dim=64, patch_size=8)
-  for c in (config.data, config.mae_config.data):
-    c.update(cmr_frames=10, cmr_size=16, num_subjects=120)
-  config.model.update(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=250)
-  config.align.update(pca_dim=8, **align_overrides)
-  config.train.update(batch_size=8, num_steps=4, warmup_steps=1)
+  config = conftest.stage_test_config("align")
+  config.align.update(**align_overrides)
   return config
 
 
@@ -31,23 +22,14 @@ def batch_for(config, n=8, seed=0):
   rng = np.random.default_rng(seed)
   return {"ecg": rng.normal(size=(n, 12, 2500)).astype(np.float32),
           "lead_mask": np.ones((n, 12), np.uint8),
-          "cmr": rng.integers(0, 256, (n, 10, 16, 16), dtype=np.uint8),
+          "cmr": rng.integers(0, 256, (n, 8, 16, 16), dtype=np.uint8),
           "phenotypes": rng.normal(size=(n, 12)).astype(np.float32)}
 
 
 def one_step(config, devices, batch):
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  rules = mesh_lib.axis_rules(config.mesh)
-  _, _, task = align.make_task(config)
-  tx, schedule = state_lib.make_optimizer(config.train)
-  state, shardings, _ = state_lib.create_state(task.init_params, tx, config.seed, mesh, rules,
-                                               task.init_frozen)
-  step = step_lib.jit_train_step(step_lib.make_train_step(task.loss_fn, tx, schedule), shardings,
-                                 mesh, rules, {k: v.ndim for k, v in batch.items()})
-  frozen_before = jax.device_get(state.frozen)
-  with mesh_lib.active(mesh, rules):
-    new_state, metrics = step(state, mesh_lib.global_batch(batch, mesh, rules))
-  return frozen_before, new_state, jax.device_get(metrics)
+  before, new_state, metrics = conftest.one_step(config, align.make_task(config)[-1], devices,
+                                                 batch)
+  return before.frozen, new_state, metrics
 
 
 def test_sharded_align_step_equals_single_device_step():
@@ -96,14 +78,36 @@ def test_crops_and_lead_dropout():
 
 
 def test_align_on_a_fresh_workdir_runs_mae_first(tokenized_workdir):
-  # The shared workdir was fresh when tokenize ran there: it trained mae, then align, first.
+  # The shared workdir was fresh when tokenize ran there: the plan trained vae, mae and align
+  # first, each saying why, and tokenize read exactly those checkpoints.
   tmp_path = tokenized_workdir
-  log = (tmp_path / "logs" / "tokenize.stderr").read_text()
-  assert "No finished mae stage" in log and "No finished align stage" in log
-  assert os.path.exists(tmp_path / "mae" / "results.json")
+  log = (tmp_path / "logs" / "tokenize.log").read_text()
+  plan = next(line for line in log.splitlines() if "Stages to run" in line)
+  assert plan.index("vae (tokenize reads vae") < plan.index("tokenize (asked for)")
+  assert plan.index("mae (align reads mae") < plan.index("align (tokenize reads align")
   with open(tmp_path / "align" / "results.json") as f:
     results = json.load(f)
   assert results["step"] == 4
-  assert set(results["retrieval"]["aligned"]) == {"top1", "top5"}
+  assert results["upstream"]["mae"]["checkpoint"] == f"{tmp_path}/mae/checkpoints/4"
+  assert results["upstream"]["mae"]["same_data_as_this_run"] is True
+  assert results["retrieval"]["split"] == "test" and results["probe_splits"]["score"] == "test"
+  assert results["retrieval"]["chance"]["top1"] == 1 / results["retrieval"]["n_test"]
   assert set(results["probe_r2"]) == {"aligned_ecg", "random_init_ecg", "cmr_encoder"}
   assert os.path.exists(tmp_path / "align" / "ecg_embeddings.png")
+
+
+def test_align_reads_another_workdirs_mae_of_another_width(tmp_path):
+  # OTHER's mae is 48 wide; this config's own mae would be 32: the frozen encoder is rebuilt
+  # from the config saved in OTHER's checkpoint, and no mae is trained here.
+  mae_config = conftest.stage_test_config("mae")
+  mae_config.model.update(width=48, mlp_dim=96)
+  conftest.run_in_process(mae_config, tmp_path / "other")
+  config = tiny_align_config()
+  config.init.mae = str(tmp_path / "other" / "mae" / "checkpoints")
+  results = conftest.run_in_process(config, tmp_path / "w", "align")
+  assert results["upstream"]["mae"]["checkpoint"] == f"{tmp_path}/other/mae/checkpoints/4"
+  assert not os.path.exists(tmp_path / "w" / "mae")
+  import orbax.checkpoint as ocp
+  saved = ocp.PyTreeCheckpointer().metadata(str(tmp_path / "w" / "align" / "checkpoints" / "4" / "state"))
+  tree = saved.item_metadata.tree if hasattr(saved, "item_metadata") else saved
+  assert tuple(tree["params"]["cmr_proj"]["kernel"].shape) == (48, config.model.embed_dim)

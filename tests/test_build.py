@@ -159,29 +159,31 @@ def test_cli_summary_and_strict_exit_codes(tmp_path):
   assert result.returncode == 2 and "no rows" in result.stderr
 
 
-def test_mae_trains_from_a_built_dataset(tmp_path):
-  from tests.conftest import TINY_MAE_FLAGS
+def test_align_trains_mae_on_the_data_it_is_given(tmp_path):
+  # A new user's first command on their own cohort: align on a fresh workdir trains mae on the
+  # same data (the upstream config takes the downstream run's data section), and says so.
+  from tests.conftest import run_main
   d = str(tmp_path / "files")
   rows = []
-  for i in range(24):
+  for i in range(40):
     rows.append(dict(subject_id=f"s{i:02d}",
                      ecg_path=fixtures.write_wfdb(d, f"e{i}", fixtures.ecg_signal(500, seed=i), 500),
                      cmr_path=fixtures.write_nifti(d, f"c{i}", fixtures.cine(20, 32, seed=i)),
                      lvedv=str(100 + i), lvef=str(50 + i % 7), cardiomyopathy=str(i % 2)))
   manifest = write_manifest(str(tmp_path / "m.csv"), rows)
-  config = dataclasses.replace(CONFIG, cmr=dataclasses.replace(CONFIG.cmr, frames=10, size=16))
+  config = dataclasses.replace(CONFIG, cmr=dataclasses.replace(CONFIG.cmr, frames=8, size=16))
   out = str(tmp_path / "dataset")
-  assert build.build(manifest, out, config, workers=2)["kept"] == 24
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  assert build.build(manifest, out, config, workers=2)["kept"] == 40
   workdir = str(tmp_path / "run")
-  result = subprocess.run(
-      [sys.executable, "-m", "cardionets_jax.main", "--config=configs/mae.py", f"--workdir={workdir}",
-       f"--config.data.source={out}", "--config.train.num_steps=6", "--config.train.log_every=2",
-       "--config.train.checkpoint_every=6"] + TINY_MAE_FLAGS,
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_main(["--config=configs/align.py:variant=test", f"--workdir={workdir}",
+                     f"--config.data.source={out}"])
+  plan = next(line for line in result.stderr.splitlines() if "Stages to run" in line)
+  assert "mae (align reads mae and" in plan and "the align run's data" in plan
+  from cardionets_jax.train import checkpoint as ckpt_lib
+  assert ckpt_lib.saved_config(os.path.join(workdir, "mae", "checkpoints")).data.source == out
+  assert not os.path.exists(os.path.join(workdir, "data"))  # no synthetic cohort was simulated
   with open(os.path.join(workdir, "mae", "results.json")) as f:
     results = json.load(f)
-  assert results["step"] == 6 and set(results["probe_r2"]) == {"lvedv", "lvef"}
-  assert os.path.isdir(os.path.join(workdir, "mae", "checkpoints", "6"))
+  assert results["step"] == 4 and set(results["probe_r2"]) == {"lvedv", "lvef"}
+  with open(os.path.join(workdir, "align", "results.json")) as f:
+    assert json.load(f)["upstream"]["mae"]["data"]["source"] == out

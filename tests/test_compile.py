@@ -3,11 +3,11 @@
 import pytest
 
 from cardionets_jax import compile as compile_lib
-from tests.conftest import tiny_mae_config
+from tests.conftest import stage_test_config
 
 
 def test_compiles_for_8_devices_and_gives_a_verdict():
-  config = tiny_mae_config()
+  config = stage_test_config("mae")
   config.mesh.shape.update(data=2, fsdp=2, tensor=2)
   devices = compile_lib.topology_devices("cpu:8")
   out = compile_lib.compile_train_step(config, devices, hbm_gib=16)

@@ -39,12 +39,12 @@ def test_label_subsets_are_by_subject_seeded_and_nested_in_size():
 
 
 def test_layer_decay_scales():
-  from configs import finetune as ft_configs
+  from cardionets_jax_configs import finetune as ft_configs
   config = ft_configs.get_config()
   config.finetune.layer_decay = 0.5
   meta = type("Meta", (), dict(phenotype_names=["a"], phenotype_units=["mL"], label_names=["x"],
                                phenotype_mean=[0.0], phenotype_std=[1.0]))()
-  method = finetune.Method(config, "scratch", 1.0, 0, "/unused", "/unused", meta)
+  method = finetune.Method(config, "scratch", 1.0, 0, meta)
   depth = method.depth
   params = nn.unbox(method._init_all(jax.random.PRNGKey(0)))
   scales = method._layer_decay_scales(jax.tree.map(jnp.asarray, params))
@@ -68,6 +68,12 @@ def test_finetune_stage_reports_every_method(trained_workdir):
   for name in ("results.md", "results.csv", "roc_curves.png", "phenotype_scatter.png"):
     assert os.path.exists(out / name), name
   assert "mean phenotype R2" in (out / "results.md").read_text()
+  # Every metric block says which split it used; screening reads the hand-off, not results.json.
+  assert method["splits"] == dict(early_stopping="val", thresholds="val", metrics="test")
+  handed_on = json.loads((out / "artifacts" / "methods.json").read_text())
+  assert handed_on["aligned-full-labels0.5-seed0"]["checkpoint"].startswith(
+      f"{tmp_path}/finetune/aligned-full-labels0.5-seed0/checkpoints/")
+  assert set(results["upstream"]) == {"align", "mae"}
 
 
 def test_summary_table_averages_seeds_and_shows_cis():

@@ -13,27 +13,21 @@ from cardionets_jax.data import readers
 from cardionets_jax.models import diffusion
 from cardionets_jax.models import mar as mar_lib
 from cardionets_jax.stages import mar as mar_stage
-from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.stages import context as context_lib
 from cardionets_jax.train import state as state_lib
-from cardionets_jax.train import step as step_lib
-from configs import mar as mar_configs
-from tests.conftest import TINY_MAR_MODEL
+from tests import conftest
+
 
 def tiny_mar_config():
-  """Latents (8, 4, 4, 4) as the tiny tokenize test makes them; (2, 2, 2) patches: 16 tokens of 32."""
-  config = mar_configs.get_config()
-  vcfg = config.tokenize_config.vae_config
-  vcfg.data.update(cmr_frames=8, cmr_size=16)
-  vcfg.model.base_channels = 4
-  config.model.update(patch=(2, 2, 2), **TINY_MAR_MODEL)
-  config.train.update(batch_size=8, num_steps=4, warmup_steps=1)
-  return config
+  """Latents (8, 4, 4, 4) as the test-sized VAE makes them; (2, 2, 2) patches: 16 tokens of 32."""
+  return conftest.stage_test_config("mar")
 
 
 def test_base_has_the_papers_tokens_and_sizes():
-  config = mar_configs.get_config("variant=base")
-  assert tuple(mar_stage.latent_shape(config)) == (25, 12, 12, 16)
-  model = mar_stage.build_model(config)
+  config = context_lib.stage_config("mar", "base")
+  shape, _ = mar_stage.token_shapes(config)
+  assert tuple(shape) == (25, 12, 12, 16)
+  model = mar_stage.build_model(config, shape)
   assert (model.seq_len, model.token_dim) == (180, 320)
   _, task = mar_stage.make_task(config)
   params = nn.unbox(jax.eval_shape(task.init_params, jax.random.PRNGKey(0)))
@@ -108,17 +102,7 @@ def test_sampler_fills_every_token_and_is_deterministic_per_key():
 
 
 def one_step(config, devices, batch):
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  rules = mesh_lib.axis_rules(config.mesh)
-  _, task = mar_stage.make_task(config)
-  tx, schedule = state_lib.make_optimizer(config.train)
-  state, shardings, _ = state_lib.create_state(task.init_params, tx, config.seed, mesh, rules,
-                                               task.init_frozen)
-  step = step_lib.jit_train_step(step_lib.make_train_step(task.loss_fn, tx, schedule), shardings,
-                                 mesh, rules, {k: v.ndim for k, v in batch.items()})
-  with mesh_lib.active(mesh, rules):
-    new_state, metrics = step(state, mesh_lib.global_batch(batch, mesh, rules))
-  return state, new_state, jax.device_get(metrics)
+  return conftest.one_step(config, mar_stage.make_task(config)[1], devices, batch)
 
 
 def mar_batch(n=8, seed=0):
@@ -149,8 +133,9 @@ def test_sharded_mar_step_equals_single_device_step_and_keeps_an_ema():
 
 def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
   workdir = trained_workdir
-  log = (workdir / "logs" / "mar.stderr").read_text()
-  assert "running it first" not in log  # the tokens were reused
+  log = (workdir / "logs" / "mar.log").read_text()
+  plan = next(line for line in log.splitlines() if "Stages to run" in line)
+  assert plan.endswith("mar (asked for)")  # the tokens (and mae) were reused
   with open(workdir / "mar" / "results.json") as f:
     results = json.load(f)
   held = results["heldout_test"]
@@ -165,4 +150,7 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
   nifti = next(s for s in samples if s.endswith(".nii.gz"))
   cine = readers.read_cmr(str(workdir / "mar" / "samples" / nifti))
   assert cine.shape == (8, 16, 16)
-  assert os.path.isdir(workdir / "mar" / "generator")
+  assert os.path.isdir(workdir / "mar" / "artifacts" / "generator")
+  # The generator decoded with exactly the VAE the tokens were made with.
+  assert results["sources"]["vae"] == f"{workdir}/vae/checkpoints/6"
+  assert held["split"] == "test"

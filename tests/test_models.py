@@ -8,7 +8,7 @@ import pytest
 from cardionets_jax.models import vit
 from cardionets_jax.stages import mae
 from cardionets_jax.train import state as state_lib
-from configs import mae as mae_config
+from cardionets_jax_configs import mae as mae_config
 
 
 def vit_block_params(width, mlp):
@@ -65,10 +65,10 @@ def test_patchify_round_trip_and_token_content(patch):
 
 def test_mae_masks_the_configured_ratio(tiny_config):
   model = mae.build_model(tiny_config)
-  video = jnp.zeros((3, 10, 16, 16), jnp.uint8)
+  video = jnp.zeros((3, 8, 16, 16), jnp.uint8)
   params = mae.init_params(model, tiny_config, jax.random.PRNGKey(0))
   pred, mask = model.apply({"params": params}, video, rngs={"mask": jax.random.PRNGKey(1)})
   n = model.encoder.num_patches
-  assert pred.shape == (3, n, 10 * 8 * 8)
+  assert pred.shape == (3, n, 8 * 8 * 8)
   np.testing.assert_array_equal(mask.sum(axis=1), [n - round(n * 0.25)] * 3)
   assert not np.array_equal(mask[0], mask[1])  # an independent mask per example

@@ -11,8 +11,8 @@ from cardionets_jax.data import synthetic
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  from tests.conftest import tiny_mae_config
-  config = tiny_mae_config()
+  from tests.conftest import stage_test_config
+  config = stage_test_config("mae")
   root = tmp_path_factory.mktemp("data")
   return cohort.build_synthetic(str(root), config.data, seed=0, workers=2), config
 

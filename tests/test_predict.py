@@ -98,5 +98,5 @@ def test_inputs_expand_to_unique_names(tmp_path):
   (tmp_path / "b").mkdir()
   for sub in ("a", "b"):
     fixtures.write_npy(str(tmp_path / sub), "same", np.zeros((12, 5000)))
-  found = predict.find_records([str(tmp_path)], fs=500)
+  found = predict.inputs.find_records([str(tmp_path)], fs=500)
   assert [r.name for r in found] == ["same", "same_2"] and all(r.fs == 500 for r in found)

@@ -11,21 +11,20 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tests.conftest import TINY_MAE_FLAGS
+from tests.conftest import subprocess_env
 
-STEPS = 400
+# Long enough that the kill lands mid-run (checkpoints every 25 steps; the test kills at the first).
+STEPS = 200
 
 
 def command(workdir):
-  return [sys.executable, "-m", "cardionets_jax.main", "--config=configs/mae.py",
+  return [sys.executable, "-m", "cardionets_jax.main", "--config=configs/mae.py:variant=test",
           f"--workdir={workdir}", f"--config.train.num_steps={STEPS}",
-          "--config.train.checkpoint_every=50", "--config.train.log_every=50"] + TINY_MAE_FLAGS
+          "--config.train.checkpoint_every=25", "--config.train.log_every=50"]
 
 
 def env():
-  e = dict(os.environ)
-  e.pop("XLA_FLAGS", None)  # one CPU device, as a user's laptop
-  return e
+  return subprocess_env()  # one CPU device, as a user's laptop
 
 
 def checkpoints(workdir):

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from cardionets_jax.workdir import Workdir
 from tests.conftest import REPO
-from tests.conftest import TINY_MAE_FLAGS
 
 _spec = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "launch", "sweep.py"))
 sweep = importlib.util.module_from_spec(_spec)
@@ -31,18 +31,19 @@ def test_grid_expands_to_every_combination_and_seed():
 
 def test_a_real_sweep_runs_skips_and_gathers(tmp_path, capsys, monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)  # the runs use the real CPU
-  fixed = [f[len("--config."):] for f in TINY_MAE_FLAGS] + ["train.num_steps=2", "train.log_every=1"]
-  args = ["--config=configs/mae.py", f"--root={tmp_path}", "--grid=train.lr=1e-3",
+  fixed = ["train.num_steps=2", "train.log_every=1"]
+  args = ["--config=configs/mae.py:variant=test", f"--root={tmp_path}", "--grid=train.lr=1e-3",
           "--seeds=0,1"] + [f"--set={s}" for s in fixed]
   assert sweep.main(args + ["--print"]) == 0
   printed = capsys.readouterr().out.strip().splitlines()
   assert len(printed) == 2 and "--config.seed=1" in printed[1]
 
-  # Seed 1 finished earlier (its results.json is there): the sweep runs seed 0 only, skips seed 1,
-  # and gathers both.
+  # Seed 1 finished earlier (its FINISHED marker is there): the sweep runs seed 0 only, skips
+  # seed 1, and gathers both.
   (tmp_path / "lr=1e-3_seed=1" / "mae").mkdir(parents=True)
   (tmp_path / "lr=1e-3_seed=1" / "mae" / "results.json").write_text(
       '{"heldout_reconstruction_loss": {"final": 0.5}, "variant": "tiny"}')
+  Workdir(tmp_path / "lr=1e-3_seed=1").mark_finished("mae", {"stage": "mae"})
   assert sweep.main(args) == 0
   out = capsys.readouterr().out
   assert "[1/2] lr=1e-3_seed=0\n" in out and "lr=1e-3_seed=1: finished, skipped" in out

@@ -1,4 +1,5 @@
-"""Tokenize on a fresh workdir: runs vae and align first; stored latents round-trip."""
+"""Tokenize on a fresh workdir: runs vae and align first; stored latents round-trip; the tokens
+record what made them."""
 
 import os
 
@@ -8,34 +9,28 @@ import numpy as np
 
 from cardionets_jax.data import pipeline
 from cardionets_jax.data import records
-from cardionets_jax.stages import tokenize
 from cardionets_jax.stages import vae as vae_stage
-from cardionets_jax.train import checkpoint as ckpt_lib
-from configs import tokenize as tokenize_configs
+from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.workdir import Workdir
 
 
 def test_tokenize_chain_and_round_trip(tokenized_workdir):
   tmp_path = tokenized_workdir
   for stage in ("mae", "align", "vae", "tokenize"):
     assert os.path.exists(tmp_path / stage / "results.json"), stage
-  tokens = tokenize.tokens_dir(str(tmp_path))
+  tokens = Workdir(tmp_path).tokens
   meta = records.DatasetMeta.load(tokens)
   assert meta.shapes["latent_mean"] == [8, 4, 4, 4]
+  assert meta.provenance["vae"] == dict(checkpoint=f"{tmp_path}/vae/checkpoints", step=6)
+  assert meta.provenance["align"] == dict(checkpoint=f"{tmp_path}/align/checkpoints", step=4)
+  assert meta.provenance["tokenize_config"]["stage"] == "tokenize"
   cohort_meta = records.DatasetMeta.load(str(next((tmp_path / "data").iterdir())))
   assert {s: v["num_examples"] for s, v in meta.splits.items()} == {
       s: v["num_with_cmr"] for s, v in cohort_meta.splits.items()}
 
   # Decoding a stored latent mean gives the VAE's reconstruction of that subject.
-  config = tokenize_configs.get_config()
-  config.vae_config.model.base_channels = 4
-  config.vae_config.data.update(cmr_frames=8, cmr_size=16)
-  vae = vae_stage.build_vae(config.vae_config)
-  video = jnp.zeros((1, 8, 16, 16), jnp.uint8)
-  abstract = jax.tree.map(lambda x: x, jax.eval_shape(
-      lambda r: vae.init({"params": r, "sample": r}, video)["params"], jax.random.PRNGKey(0)))
-  import flax.linen as nn
-  params, _ = ckpt_lib.restore_subtree(str(tmp_path / "vae" / "checkpoints"), ("params", "vae"),
-                                       nn.unbox(abstract))
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
+  vae, params, _, _ = vae_stage.restore_vae(str(tmp_path / "vae" / "checkpoints"), mesh)
   tokens_batch, _ = next(pipeline.eval_batches(tokens, "test", ("subject_id", "latent_mean"), 4))
   cohort_dir = str(next((tmp_path / "data").iterdir()))
   cines = {}

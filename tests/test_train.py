@@ -14,20 +14,18 @@ from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import state as state_lib
 from cardionets_jax.train import step as step_lib
-from tests.conftest import tiny_mae_config
+from cardionets_jax.workdir import Workdir
+from tests import conftest
+from tests.conftest import stage_test_config
 
 
-def one_step(config, devices, batch, accum=1):
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  rules = mesh_lib.axis_rules(config.mesh)
-  _, task = mae.make_task(config)
-  tx, schedule = state_lib.make_optimizer(config.train)
-  state, shardings, _ = state_lib.create_state(task.init_params, tx, config.seed, mesh, rules)
-  step = step_lib.jit_train_step(step_lib.make_train_step(task.loss_fn, tx, schedule, accum),
-                                 shardings, mesh, rules, {k: v.ndim for k, v in batch.items()})
-  with mesh_lib.active(mesh, rules):
-    new_state, metrics = step(state, mesh_lib.global_batch(batch, mesh, rules))
-  return new_state, jax.device_get(metrics)
+def tiny_mae_config(**train):
+  return stage_test_config("mae", **train)
+
+
+def one_step(config, devices, batch):
+  _, state, metrics = conftest.one_step(config, mae.make_task(config)[1], devices, batch)
+  return state, metrics
 
 
 def random_cines(config, n, seed=0):
@@ -97,7 +95,8 @@ def test_non_finite_loss_stops_with_step_subjects_and_checkpoint(tmp_path):
                            log_every=100)
   data_dir = cohort.build_synthetic(str(tmp_path / "data"), config.data, seed=0, workers=1)
   _, task = mae.make_task(config)
-  trainer = loop.Trainer(config, str(tmp_path / "mae"), data_dir, task)
+  trainer = loop.Trainer(config, Workdir(tmp_path), "mae", data_dir, task,
+                         mesh=conftest.one_device_mesh(config))
   with pytest.raises(FloatingPointError) as err:
     trainer.fit()
   message = str(err.value)
@@ -111,14 +110,15 @@ def test_encoder_is_handed_on_through_the_checkpoint(tmp_path):
   config = tiny_mae_config(num_steps=2, checkpoint_every=2)
   data_dir = cohort.build_synthetic(str(tmp_path / "data"), config.data, seed=0, workers=1)
   _, task = mae.make_task(config)
-  trainer = loop.Trainer(config, str(tmp_path / "mae"), data_dir, task)
+  trainer = loop.Trainer(config, Workdir(tmp_path), "mae", data_dir, task,
+                         mesh=conftest.one_device_mesh(config))
   state = trainer.fit()
   # A later stage asks for the encoder only, on a mesh of its own (2 devices).
   from cardionets_jax.train import checkpoint as ckpt_lib
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:2])
   rules = mesh_lib.axis_rules(config.mesh)
   encoder = mae.build_encoder(config)
-  boxed = jax.eval_shape(lambda r: encoder.init(r, jnp.zeros((1, 10, 16, 16), jnp.uint8))["params"],
+  boxed = jax.eval_shape(lambda r: encoder.init(r, jnp.zeros((1, 8, 16, 16), jnp.uint8))["params"],
                          jax.random.PRNGKey(0))
   shardings = mesh_lib.tree_shardings(boxed, mesh, rules)
   import flax.linen as nn

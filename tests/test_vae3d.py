@@ -15,8 +15,8 @@ from jax.sharding import PartitionSpec as P
 from cardionets_jax import losses
 from cardionets_jax.models import vae3d
 from cardionets_jax.train.state import param_count as count
-from configs import common
-from configs import vae as vae_configs
+from cardionets_jax_configs import common
+from cardionets_jax_configs import vae as vae_configs
 
 BASE = vae_configs.MODELS["base"]
 TINY = vae_configs.MODELS["tiny"]

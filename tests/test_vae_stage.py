@@ -12,7 +12,7 @@ def test_vae_stage_trains_and_reports_heldout_psnr_ssim(tokenized_workdir):
     results = json.load(f)
   assert results["latent_shape"] == [8, 4, 4, 4]
   assert results["heldout_test"]["psnr"] > results["heldout_initial_val"]["psnr"]
-  assert -1.0 <= results["heldout_test"]["ssim"] <= 1.0
+  assert results["heldout_test"]["split"] == "test" and results["heldout_initial_val"]["split"] == "val"
   for name in ("reconstructions.png", "reconstructions.gif", "metrics.jsonl"):
     assert os.path.exists(out / name), name
   metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from cardionets_jax.data import datasets
@@ -49,8 +48,7 @@ class Screener:
     info = methods[self.method_name]
     self.config = ckpt_lib.saved_config(info["checkpoint"])
     self.data_dir, self.meta = datasets.resolve(self.config, workdir)
-    self.mesh = mesh_lib.make_mesh(
-        ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, tensor=1))), jax.devices()[:1])
+    self.mesh = mesh_lib.data_mesh(jax.devices()[:1])
     self.method = finetune.Method(self.config, info["init"], info["label_fraction"], info["seed"],
                                   self.meta, context_lib.Context(workdir))
     self.variables = self.method.restore_variables(info["checkpoint"], self.mesh)

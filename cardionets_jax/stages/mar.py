@@ -178,6 +178,21 @@ def make_generate(config, model, vae, shape):
   return jax.jit(generate, static_argnames=("conditioned",))
 
 
+def random_generator(config, rng):
+  """(model, generate(embedding, rng) -> cines) with random weights at the config's sizes (and
+  configs/vae.py's VAE at its variant): what generation costs, for benchmarks."""
+  import flax.linen as nn
+  model, task = make_task(config)
+  params = nn.unbox(jax.jit(task.init_params)(rng))
+  frozen = jax.tree.map(jnp.asarray, nn.unbox(task.init_frozen()))
+  vae_config = context_lib.config_for_upstream("vae", config)
+  vae = vae_stage.build_vae(vae_config)
+  vae_params = nn.unbox(jax.jit(lambda r: vae_stage.init_vae(vae, vae_config, r))(rng))
+  generate = make_generate(config, model, vae, tuple(vae_stage.latent_shape(vae_config)))
+  return model, lambda embedding, key: generate(params, frozen, vae_params, embedding, key,
+                                                conditioned=True)
+
+
 class Evaluator:
   """Generated vs true held-out cines under each condition, and the mae phenotype probe."""
 

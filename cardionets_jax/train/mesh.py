@@ -27,6 +27,12 @@ def make_mesh(mesh_config, devices=None):
                        devices=devices)
 
 
+def data_mesh(devices):
+  """A data-parallel mesh over `devices` (inference: screening, tests)."""
+  return jax.make_mesh((len(devices), 1, 1), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
 def axis_rules(mesh_config):
   """Config rules (lists after a JSON round trip) -> tuples flax accepts."""
   def norm(v):
