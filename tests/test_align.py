@@ -99,13 +99,18 @@ def test_align_on_a_fresh_workdir_runs_mae_first(tokenized_workdir):
 def test_align_reads_another_workdirs_mae_of_another_width(tmp_path):
   # OTHER's mae is 48 wide; this config's own mae would be 32: the frozen encoder is rebuilt
   # from the config saved in OTHER's checkpoint, and no mae is trained here.
+  # OTHER's mae also saw another cohort (seed 1): the log warns and results.json records both.
   mae_config = conftest.stage_test_config("mae")
   mae_config.model.update(width=48, mlp_dim=96)
+  mae_config.data.cohort_seed = 1
   conftest.run_in_process(mae_config, tmp_path / "other")
   config = tiny_align_config()
   config.init.mae = str(tmp_path / "other" / "mae" / "checkpoints")
   results = conftest.run_in_process(config, tmp_path / "w", "align")
   assert results["upstream"]["mae"]["checkpoint"] == f"{tmp_path}/other/mae/checkpoints/4"
+  assert results["upstream"]["mae"]["same_data_as_this_run"] is False
+  assert results["upstream"]["mae"]["data"]["cohort_seed"] == 1
+  assert "was trained on other data" in (tmp_path / "w" / "logs" / "align.log").read_text()
   assert not os.path.exists(tmp_path / "w" / "mae")
   import orbax.checkpoint as ocp
   saved = ocp.PyTreeCheckpointer().metadata(str(tmp_path / "w" / "align" / "checkpoints" / "4" / "state"))

@@ -256,7 +256,7 @@ class Method:
 
   def run(self):
     """Trains (or resumes), restores the best validation step, predicts val and test.
-    Returns (val predictions, test predictions, best step, checkpoint reference)."""
+    Returns (val predictions, test predictions, best step, checkpoint reference, stopped early)."""
     cfg = self.config.copy_and_resolve_references()
     cfg.seed = self.seed
     trainer = loop.Trainer(cfg, self.context.workdir, "finetune", self.data_dir, self.task(),
@@ -266,6 +266,7 @@ class Method:
     score = lambda state, step: self.validation_score(
         self.predictions(predict, variables(state), "val", trainer))
     state = trainer.fit(early_stopping=loop.EarlyStopping(score, self.config.finetune.patience))
+    stopped = bool(trainer.progress.get("stopped")) and int(state.step) < cfg.train.num_steps
     best = trainer.progress.get("best_step")
     if best is not None and best != int(state.step):
       state = trainer.restore_step(best)
@@ -273,7 +274,7 @@ class Method:
     final = variables(state)
     val = self.predictions(predict, final, "val", trainer)
     test = self.predictions(predict, final, "test", trainer)
-    return val, test, best, f"{trainer.checkpoint_dir}/{best}"
+    return val, test, best, f"{trainer.checkpoint_dir}/{best}", stopped
 
 
 def report_method(method, val, test, meta, n_boot):
@@ -397,15 +398,18 @@ def run(config, context):
   workdir = context.workdir
   data_dir, meta = datasets.resolve(config, workdir)
   f = config.finetune
+  for split in ("train", "val", "test"):  # a missing split fails here, before any training
+    for init in f.inits:
+      common.eval_split(meta, split, config.data, need_cmr=init == "cmr")
   results, test_preds, handed_on = {}, {}, {}
   for fraction in f.label_fractions:
     for seed in f.seeds:
       for init in f.inits:
         method = Method(config, init, fraction, seed, meta, context, data_dir)
         metrics_lib.log("Fine-tuning %s", method.name)
-        val, test, best_step, checkpoint = method.run()
+        val, test, best_step, checkpoint, stopped = method.run()
         report = report_method(method, val, test, meta, f.n_boot)
-        results[method.name] = dict(report, best_step=best_step,
+        results[method.name] = dict(report, best_step=best_step, stopped_early=stopped,
                                     splits=dict(early_stopping=method.split("val"),
                                                 thresholds=method.split("val"),
                                                 metrics=method.split("test")))

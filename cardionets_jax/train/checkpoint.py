@@ -16,6 +16,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last in every step folder
+
+
 class Checkpointer:
   """One CheckpointManager per stage (or finetune method).
 
@@ -66,6 +69,7 @@ class Checkpointer:
     warning naming both. Returns (state, progress, step), or (None, {}, None) when none exist."""
     for step in reversed(self.all_steps()):
       try:
+        self._check_committed(step)
         state, progress = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # a truncated array file, a missing commit marker...
         older = [s for s in self.all_steps() if s < step]
@@ -77,6 +81,14 @@ class Checkpointer:
         continue
       return state, progress, step
     return None, {}, None
+
+  def _check_committed(self, step):
+    """Orbax marks a step finished (on every file system) with a commit file in its folder; a
+    step without one was damaged after the fact or never finished."""
+    path = os.path.join(self.directory, str(step))
+    if not (os.path.exists(os.path.join(path, COMMIT_MARKER))
+            and ocp.utils.is_checkpoint_finalized(path)):
+      raise FileNotFoundError(f"{path} has no commit marker ({COMMIT_MARKER})")
 
   def _quarantine(self, step, quarantine):
     if jax.process_index() == 0:
