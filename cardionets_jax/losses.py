@@ -21,7 +21,7 @@ def mae_loss(pred, target, mask, norm_pix=True, eps=1e-6):
 
 
 # ---------------------------------------------------------------------------
-# Stage 2: weighted InfoNCE (PAPER.md), in log space.
+# Stage 2: weighted InfoNCE (docs/method.md, Stage 2), in log space.
 
 
 def _pairwise_sq_dists(phi):

@@ -13,7 +13,7 @@ import ml_collections
 from cardionets_jax_configs import common
 
 MODELS = {
-    # PAPER.md: ViT-B, 12 leads x 2250 samples in 75-sample patches.
+    # docs/method.md, Stage 2: ViT-B, 12 leads x 2250 samples in 75-sample patches.
     "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=75),
     "tiny": dict(width=96, depth=3, num_heads=3, mlp_dim=192, patch_size=250),
     "test": dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=250),

@@ -36,7 +36,7 @@ def get_config(arg=None):
     config.finetune.update(label_fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2))
 
   if arg.variant == "base":
-    # PAPER.md: AdamW, base LR 1e-3, weight decay 0.05, batch 16.
+    # docs/method.md, Stage 5: AdamW, base LR 1e-3, weight decay 0.05, batch 16.
     config.train.update(num_steps=20_000, batch_size=16, lr=1e-3, lr_scale_batch=256,
                         warmup_steps=1_000, eval_every=500, checkpoint_every=2_000,
                         log_every=100)

@@ -13,7 +13,7 @@ import ml_collections
 from cardionets_jax_configs import common
 
 MODELS = {
-    # PAPER.md: MAR-B, 12 + 12 layers of width 768, 12 heads, 64 condition tokens; the diffusion
+    # docs/method.md, Stage 4: MAR-B, 12 + 12 layers of width 768, 12 heads, 64 condition tokens; the diffusion
     # head is 3 residual blocks of width 1024.
     "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, decoder_width=768,
                  decoder_depth=12, decoder_heads=12, decoder_mlp_dim=3072, buffer_size=64,

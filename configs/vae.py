@@ -8,7 +8,7 @@ import ml_collections
 from cardionets_jax_configs import common
 
 MODELS = {
-    # PAPER.md: base channels 128, multipliers (1, 2, 4, 4), 8x spatial and 2x temporal
+    # docs/method.md, Stage 3: base channels 128, multipliers (1, 2, 4, 4), 8x spatial and 2x temporal
     # down-sampling, 16 latent channels: (50, 96, 96) -> (25, 12, 12, 16).
     "base": dict(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
                  latent_channels=16, temporal_down=(True, False, False)),
@@ -27,7 +27,7 @@ def get_config(arg=None):
   config.vae = ml_collections.ConfigDict(dict(
       kl_weight=1e-6,
       adv_weight=0.05,         # hinge GAN term from a 3D patch discriminator ...
-      adv_start=10_001,        # ... switched on at this step (PAPER.md)
+      adv_start=10_001,        # ... switched on at this step (docs/method.md, Stage 3)
       disc_channels=64,
       disc_layers=3,
       # A perceptual (LPIPS-style) term needs pretrained weights this project cannot ship;

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cardionets_jax.data import pipeline
+from cardionets_jax.evaluators import clinical
 from cardionets_jax.stages import finetune
 
 
@@ -85,9 +86,9 @@ def test_summary_table_averages_seeds_and_shows_cis():
       results[f"{init}-{seed}"] = dict(init=init, mode="full", label_fraction=0.1, seed=seed,
                                       phenotypes={"lvef": {"r2": ci(r2)}},
                                       diseases={"cm": {"auroc": ci(0.9)}})
-  columns, rows = finetune.summary_table(results, meta)
+  columns, rows = clinical.summary_table(results, meta)
   assert columns == ["aligned-full@0.1", "scratch-full@0.1"]
-  cells = {label: {c: finetune._cell(v[c]) for c in columns} for label, v in rows}
+  cells = {label: {c: clinical._cell(v[c]) for c in columns} for label, v in rows}
   assert cells["lvef R2"] == {"aligned-full@0.1": "0.600 ± 0.100",
                               "scratch-full@0.1": "0.200 (0.100-0.300)"}
   assert cells["mean phenotype R2"]["scratch-full@0.1"] == "0.200"

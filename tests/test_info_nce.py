@@ -1,4 +1,4 @@
-"""Weighted InfoNCE (stage 2) against a float64 transcription of PAPER.md's formula."""
+"""Weighted InfoNCE (stage 2) against a float64 transcription of the formula in docs/method.md (Stage 2)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ from cardionets_jax import losses
 
 
 def reference_loss(e, c, phi, tau, sigma, weighted=True):
-  """PAPER.md stage 2, written out with plain exp/log in float64 (no log-space tricks).
+  """docs/method.md, Stage 2, written out with plain exp/log in float64 (no log-space tricks).
 
   Returns (loss, loss_ecg_to_cmr, loss_cmr_to_ecg).
   """

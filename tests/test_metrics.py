@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics
 
+from cardionets_jax import bootstrap
 from cardionets_jax import evaluate
 
 
@@ -173,9 +174,9 @@ def _mean(x):
 
 def test_bootstrap_is_deterministic_and_contains_estimate():
   y, s = _binary_data(0, n=150)
-  a = evaluate.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=300, seed=7)
-  b = evaluate.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=300, seed=7)
-  c = evaluate.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=300, seed=8)
+  a = bootstrap.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=300, seed=7)
+  b = bootstrap.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=300, seed=7)
+  c = bootstrap.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=300, seed=8)
   assert a == b and a != c
   assert a["value"] == evaluate.roc_auc(y, s)
   assert a["low"] < a["value"] < a["high"] and a["n_boot_valid"] == 300
@@ -183,7 +184,7 @@ def test_bootstrap_is_deterministic_and_contains_estimate():
 
 def test_bootstrap_mean_ci_width_matches_normal_theory():
   x = np.random.default_rng(0).normal(size=400)
-  ci = evaluate.bootstrap_ci(_mean, (x,), n_boot=1000, seed=0)
+  ci = bootstrap.bootstrap_ci(_mean, (x,), n_boot=1000, seed=0)
   width = ci["high"] - ci["low"]
   assert width == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.2)
   assert ci["low"] < ci["value"] < ci["high"]
@@ -194,7 +195,7 @@ def test_bootstrap_resamples_by_subject_and_percentiles():
   rng = np.random.default_rng(3)
   y = rng.normal(size=40)
   p = y + rng.normal(size=40)
-  ci = evaluate.bootstrap_ci(evaluate.r2_score, (y, p), n_boot=200, alpha=0.1, seed=3)
+  ci = bootstrap.bootstrap_ci(evaluate.r2_score, (y, p), n_boot=200, alpha=0.1, seed=3)
   draw = np.random.default_rng(3)
   vals = []
   for _ in range(200):
@@ -211,10 +212,10 @@ def test_bootstrap_resamples_by_subject_and_percentiles():
 def test_bootstrap_vectorised_path_equals_per_resample_loop(metric):
   y, s = _binary_data(4, n=30, ties=True)  # small: some resamples are one class / constant
   y = y.astype(float)
-  fast = evaluate.bootstrap_ci(metric, (y, s), n_boot=300, seed=1)
+  fast = bootstrap.bootstrap_ci(metric, (y, s), n_boot=300, seed=1)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    slow = evaluate.bootstrap_ci(lambda a, b: metric(a, b), (y, s), n_boot=300, seed=1)
+    slow = bootstrap.bootstrap_ci(lambda a, b: metric(a, b), (y, s), n_boot=300, seed=1)
   assert fast["n_boot_valid"] == slow["n_boot_valid"]
   for key in ("value", "low", "high"):
     assert fast[key] == pytest.approx(slow[key], abs=1e-12)
@@ -224,7 +225,7 @@ def test_bootstrap_skips_and_counts_one_class_resamples():
   y = np.zeros(20, int)
   y[0] = 1  # one positive in 20: P(resample without it) = 0.95**20 ~ 0.36
   s = np.random.default_rng(0).normal(size=20) + y
-  ci = evaluate.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=500, seed=0)
+  ci = bootstrap.bootstrap_ci(evaluate.roc_auc, (y, s), n_boot=500, seed=0)
   skipped = 500 - ci["n_boot_valid"]
   assert 0.25 * 500 < skipped < 0.5 * 500
   draw = np.random.default_rng(0)
@@ -235,7 +236,7 @@ def test_bootstrap_skips_and_counts_one_class_resamples():
 
 def test_bootstrap_all_resamples_invalid():
   with pytest.warns(RuntimeWarning, match="one class"):
-    ci = evaluate.bootstrap_ci(evaluate.roc_auc, (np.ones(10), np.arange(10.0)), n_boot=50)
+    ci = bootstrap.bootstrap_ci(evaluate.roc_auc, (np.ones(10), np.arange(10.0)), n_boot=50)
   assert ci["n_boot_valid"] == 0 and np.isnan(ci["value"]) and np.isnan(ci["low"])
 
 
@@ -244,12 +245,12 @@ def test_paired_bootstrap_diff():
   y = (rng.random(300) < 0.4).astype(int)
   good = y * 2.0 + rng.normal(size=300)
   bad = y * 0.3 + rng.normal(size=300)
-  diff = evaluate.paired_bootstrap_diff(evaluate.roc_auc, (y, good), (y, bad), n_boot=300)
+  diff = bootstrap.paired_bootstrap_diff(evaluate.roc_auc, (y, good), (y, bad), n_boot=300)
   assert diff["value"] == pytest.approx(evaluate.roc_auc(y, good) - evaluate.roc_auc(y, bad))
   assert 0 < diff["low"] < diff["value"] < diff["high"]
-  reverse = evaluate.paired_bootstrap_diff(evaluate.roc_auc, (y, bad), (y, good), n_boot=300)
+  reverse = bootstrap.paired_bootstrap_diff(evaluate.roc_auc, (y, bad), (y, good), n_boot=300)
   assert reverse["high"] < 0
-  same = evaluate.paired_bootstrap_diff(evaluate.roc_auc, (y, good), (y, good.copy()), n_boot=300)
+  same = bootstrap.paired_bootstrap_diff(evaluate.roc_auc, (y, good), (y, good.copy()), n_boot=300)
   assert same["value"] == 0 and same["low"] == 0 and same["high"] == 0
   assert same["n_boot_valid"] == 300
 
@@ -258,7 +259,7 @@ def test_paired_bootstrap_diff_equals_per_resample_reference():
   rng = np.random.default_rng(1)
   y = rng.normal(size=50)
   pa, pb = y + rng.normal(size=50), y + 2 * rng.normal(size=50)
-  diff = evaluate.paired_bootstrap_diff(evaluate.pearson_r, (y, pa), (y, pb), n_boot=200, seed=5)
+  diff = bootstrap.paired_bootstrap_diff(evaluate.pearson_r, (y, pa), (y, pb), n_boot=200, seed=5)
   draw = np.random.default_rng(5)
   vals = []
   for _ in range(200):
@@ -277,14 +278,14 @@ def test_regression_report_drops_missing_rows_per_phenotype():
   pred = y + rng.normal(size=(60, 3))
   y[::5, 0] = np.nan
   y[:20, 2] = np.nan
-  rep = evaluate.regression_report(y, pred, ["lvedv", "lvef", "rvedv"], n_boot=100, seed=2)
+  rep = bootstrap.regression_report(y, pred, ["lvedv", "lvef", "rvedv"], n_boot=100, seed=2)
   assert list(rep) == ["lvedv", "lvef", "rvedv"]
   assert [rep[k]["n"] for k in rep] == [48, 60, 40]
   for j, name in enumerate(rep):
     keep = ~np.isnan(y[:, j])
     for key, fn in (("r2", evaluate.r2_score), ("pearson_r", evaluate.pearson_r),
                     ("mae", evaluate.mean_absolute_error)):
-      want = evaluate.bootstrap_ci(fn, (y[keep, j], pred[keep, j]), n_boot=100, seed=2)
+      want = bootstrap.bootstrap_ci(fn, (y[keep, j], pred[keep, j]), n_boot=100, seed=2)
       got = rep[name][key]
       assert set(got) == {"value", "low", "high", "n_boot_valid"}
       for k in ("value", "low", "high", "n_boot_valid"):
@@ -302,8 +303,8 @@ def test_classification_report_drops_missing_and_uses_thresholds():
   y[:, 2] = np.where(np.arange(80) < 40, -1, 0)  # one class among the labelled rows
   thresholds = np.array([0.5, 0.7, 0.0])
   with pytest.warns(RuntimeWarning, match="one class"):
-    rep = evaluate.classification_report(y, s, ["dcm", "hcm", "rare"], thresholds,
-                                         n_boot=100, seed=4)
+    rep = bootstrap.classification_report(y, s, ["dcm", "hcm", "rare"], thresholds,
+                                          n_boot=100, seed=4)
   assert [rep[k]["n"] for k in rep] == [60, 70, 40]
   for j, name in enumerate(["dcm", "hcm"]):
     keep = (y[:, j] == 0) | (y[:, j] == 1)
@@ -314,13 +315,13 @@ def test_classification_report_drops_missing_and_uses_thresholds():
     assert entry["auroc"]["value"] == pytest.approx(metrics.roc_auc_score(yt, st))
     assert entry["auprc"]["value"] == pytest.approx(metrics.average_precision_score(yt, st))
     for key, fn in (("auroc", evaluate.roc_auc), ("auprc", evaluate.average_precision)):
-      want = evaluate.bootstrap_ci(fn, (yt, st), n_boot=100, seed=4)
+      want = bootstrap.bootstrap_ci(fn, (yt, st), n_boot=100, seed=4)
       assert entry[key] == pytest.approx(want)
     point = evaluate.binary_metrics(yt, st, thresholds[j])
     for key, value in point.items():
       assert entry[key]["value"] == pytest.approx(value, nan_ok=True)
-      want = evaluate.bootstrap_ci(lambda a, b: evaluate.binary_metrics(a, b, thresholds[j])[key],
-                                   (yt, st), n_boot=100, seed=4)
+      want = bootstrap.bootstrap_ci(lambda a, b: evaluate.binary_metrics(a, b, thresholds[j])[key],
+                                    (yt, st), n_boot=100, seed=4)
       assert entry[key] == pytest.approx(want, nan_ok=True)
   rare = rep["rare"]
   assert rare["n_positive"] == 0 and np.isnan(rare["auroc"]["value"])
@@ -334,7 +335,7 @@ def test_classification_report_with_youden_thresholds_from_validation():
   yv = (rng.random((100, 2)) < 0.4).astype(int)
   sv = yv * 2.0 + rng.normal(size=(100, 2))
   thresholds = [evaluate.youden_threshold(yv[:, j], sv[:, j]) for j in range(2)]
-  rep = evaluate.classification_report(yv, sv, ["a", "b"], thresholds, n_boot=50)
+  rep = bootstrap.classification_report(yv, sv, ["a", "b"], thresholds, n_boot=50)
   for j, name in enumerate("ab"):
     assert rep[name]["threshold"] == thresholds[j]
     j_stat = rep[name]["sensitivity"]["value"] + rep[name]["specificity"]["value"] - 1

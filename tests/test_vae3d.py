@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cardionets_jax import losses
+from cardionets_jax.models import discriminator
 from cardionets_jax.models import vae3d
 from cardionets_jax.train.state import param_count as count
 from cardionets_jax_configs import common
@@ -330,8 +331,15 @@ def test_adam_overfits_one_batch(small):
 # --- discriminator and adversarial losses --------------------------------------------------
 
 
+def _ceil_halved(shape, times):
+  """The size after `times` stride-2, padded 3x3x3 convs: each maps n to ceil(n / 2)."""
+  for _ in range(times):
+    shape = tuple(-(-s // 2) for s in shape)
+  return shape
+
+
 def test_discriminator_patch_logits():
-  disc = vae3d.PatchDiscriminator3D(channels=8, num_layers=3)
+  disc = discriminator.PatchDiscriminator3D(channels=8, num_layers=3)
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(2, 10, 16, 16)), jnp.float32)
   variables = jax.jit(disc.init)(rbg_key(0), x)
   u8 = jnp.asarray(np.random.default_rng(1).integers(0, 256, (1, 10, 16, 16)), jnp.uint8)
@@ -343,17 +351,17 @@ def test_discriminator_patch_logits():
 
   logits, one, from_u8, from_float = score(variables)
   # Three stride-2 convs: 10 -> 5 -> 3 -> 2 frames, 16 -> 2 pixels.
-  assert logits.shape == (2, 2, 2, 2) == (2,) + vae3d.discriminator_output_shape((10, 16, 16))
+  assert logits.shape == (2, 2, 2, 2) == (2,) + _ceil_halved((10, 16, 16), 3)
   assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
   # Each example is scored on its own (GroupNorm, no batch statistics).
   np.testing.assert_allclose(one, logits[:1], rtol=1e-5, atol=1e-5)
   # uint8 cines are scaled to [-1, 1] first.
   np.testing.assert_allclose(from_u8, from_float, rtol=1e-6)
   # Base-size shapes: (50, 96, 96) -> (7, 12, 12) logits; 64 -> 512 channels.
-  base = vae3d.PatchDiscriminator3D()
+  base = discriminator.PatchDiscriminator3D()
   xs = jax.ShapeDtypeStruct((2, 50, 96, 96), jnp.float32)
   out, v = jax.eval_shape(lambda x: base.init_with_output(jax.random.PRNGKey(0), x), xs)
-  assert out.shape == (2, 7, 12, 12) == (2,) + vae3d.discriminator_output_shape((50, 96, 96))
+  assert out.shape == (2, 7, 12, 12) == (2,) + _ceil_halved((50, 96, 96), 3)
   p = v["params"]
   # conv0 1->64 (+bias), conv1 64->128, conv2 128->256, conv3 256->512 (no bias, GroupNorm),
   # conv_out 512->1 (+bias).

@@ -1,6 +1,6 @@
 """ECG and cine-CMR preprocessing: pure, configurable numpy/scipy functions.
 
-ECG (PAPER.md, Data): quality checks -> standard lead order -> zero-phase Butterworth band-pass
+ECG (docs/method.md, Preprocessing): quality checks -> standard lead order -> zero-phase Butterworth band-pass
 (order 5, 0.67-40 Hz, `sosfiltfilt`) at the native rate -> polyphase resampling to 250 Hz ->
 centre-crop / end-pad to 10 s -> float32 (12, 2500) mV. (The z-scoring over (leads, time) belongs to
 the model input pipeline, not to this stage.)

@@ -148,7 +148,7 @@ class MAR(nn.Module):
 
 
 def training_mask(rng, batch, seq_len, min_ratio=0.7, mean=1.0, std=0.25):
-  """A random generation order and mask per example (PAPER.md): the ratio is drawn from a
+  """A random generation order and mask per example (docs/method.md, Stage 4; docs/fidelity.md, MAR): the ratio is drawn from a
   normal(mean, std) truncated to [min_ratio, 1], the first ceil(ratio * S) tokens in the
   order are masked.
 

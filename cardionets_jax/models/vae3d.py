@@ -1,4 +1,4 @@
-"""A 3-D convolutional KL-VAE for cine CMR (CardioNets stage 3) and its patch discriminator.
+"""A 3-D convolutional KL-VAE for cine CMR (CardioNets stage 3); the PatchGAN: discriminator.py.
 
 LDM-style (Rombach et al., AutoencoderKL) with 3-D kernels, channels last:
 
@@ -37,6 +37,7 @@ one 2-D conv: ~5x faster on XLA's CPU backend, forward and backward) or
 "auto" (taps on CPU, lax on GPU / TPU).
 """
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -172,11 +173,17 @@ def _constrain(x):
   return layers.constrain(x, *ACTIVATION_AXES)
 
 
-class ResBlock3D(nn.Module):
-  """(GroupNorm, swish, 3x3x3 conv) twice, plus the input (1x1x1 conv if channels change)."""
-  features: int
+class _ConvBlock(nn.Module):
+  """The compute dtype and conv implementation `_conv` reads; subclasses add their own fields,
+  keyword-only (after the defaults here)."""
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+
+
+class ResBlock3D(_ConvBlock):
+  """(GroupNorm, swish, 3x3x3 conv) twice, plus the input (1x1x1 conv if channels change)."""
+  _: dataclasses.KW_ONLY
+  features: int
 
   @nn.compact
   def __call__(self, x):
@@ -189,11 +196,10 @@ class ResBlock3D(nn.Module):
     return _constrain(x.astype(self.dtype) + h)
 
 
-class Downsample3D(nn.Module):
+class Downsample3D(_ConvBlock):
   """A strided 3x3x3 conv: stride (2 if temporal else 1, 2, 2), channels kept."""
+  _: dataclasses.KW_ONLY
   temporal: bool
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -201,11 +207,10 @@ class Downsample3D(nn.Module):
     return _constrain(_conv(self, x.shape[-1], 3, strides, name="conv")(x))
 
 
-class Upsample3D(nn.Module):
+class Upsample3D(_ConvBlock):
   """Nearest-neighbour repeat by (2 if temporal else 1, 2, 2), then a 3x3x3 conv."""
+  _: dataclasses.KW_ONLY
   temporal: bool
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -274,15 +279,14 @@ class DiagonalGaussian:
 # Encoder, decoder, VAE.
 
 
-class Encoder3D(nn.Module):
+class Encoder3D(_ConvBlock):
   """(B, F, H, W, 1) float in [-1, 1] -> moments (B, F', H', W', 2 * latent_channels) float32."""
+  _: dataclasses.KW_ONLY
   base_channels: int
   channel_mult: Sequence[int]
   num_res_blocks: int
   latent_channels: int
   temporal_down: Sequence[bool]
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -291,26 +295,26 @@ class Encoder3D(nn.Module):
     h = _constrain(_conv(self, self.base_channels, name="conv_in")(x.astype(self.dtype)))
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
-        h = ResBlock3D(self.base_channels * mult, self.dtype, self.conv_impl,
-                       name=f"down{level}_block{i}")(h)
+        h = ResBlock3D(features=self.base_channels * mult, dtype=self.dtype,
+                       conv_impl=self.conv_impl, name=f"down{level}_block{i}")(h)
       if level < last:
-        h = Downsample3D(bool(self.temporal_down[level]), self.dtype, self.conv_impl,
-                         name=f"down{level}_downsample")(h)
+        h = Downsample3D(temporal=bool(self.temporal_down[level]), dtype=self.dtype,
+                         conv_impl=self.conv_impl, name=f"down{level}_downsample")(h)
     for i in (1, 2):
-      h = ResBlock3D(h.shape[-1], self.dtype, self.conv_impl, name=f"mid_block{i}")(h)
+      h = ResBlock3D(features=h.shape[-1], dtype=self.dtype, conv_impl=self.conv_impl,
+                     name=f"mid_block{i}")(h)
     h = nn.swish(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
     moments = _conv(self, 2 * self.latent_channels, name="conv_out")(h)
     return moments.astype(jnp.float32)
 
 
-class Decoder3D(nn.Module):
+class Decoder3D(_ConvBlock):
   """Latent (B, F', H', W', C) -> (B, F, H, W) float32, roughly in [-1, 1] (not clamped)."""
+  _: dataclasses.KW_ONLY
   base_channels: int
   channel_mult: Sequence[int]
   num_res_blocks: int
   temporal_down: Sequence[bool]
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z):
@@ -318,14 +322,15 @@ class Decoder3D(nn.Module):
     top = self.base_channels * self.channel_mult[-1]
     h = _constrain(_conv(self, top, name="conv_in")(z.astype(self.dtype)))
     for i in (1, 2):
-      h = ResBlock3D(top, self.dtype, self.conv_impl, name=f"mid_block{i}")(h)
+      h = ResBlock3D(features=top, dtype=self.dtype, conv_impl=self.conv_impl,
+                     name=f"mid_block{i}")(h)
     for level in reversed(range(len(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
-        h = ResBlock3D(self.base_channels * self.channel_mult[level], self.dtype,
-                       self.conv_impl, name=f"up{level}_block{i}")(h)
+        h = ResBlock3D(features=self.base_channels * self.channel_mult[level], dtype=self.dtype,
+                       conv_impl=self.conv_impl, name=f"up{level}_block{i}")(h)
       if level > 0:   # undoes the encoder's down-sampling after level - 1
-        h = Upsample3D(bool(self.temporal_down[level - 1]), self.dtype, self.conv_impl,
-                       name=f"up{level}_upsample")(h)
+        h = Upsample3D(temporal=bool(self.temporal_down[level - 1]), dtype=self.dtype,
+                       conv_impl=self.conv_impl, name=f"up{level}_upsample")(h)
     h = nn.swish(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
     out = _conv(self, 1, name="conv_out", out_axis="conv_out")(h)
     return out[..., 0].astype(jnp.float32)
@@ -342,11 +347,11 @@ class VAE3D(nn.Module):
   conv_impl: str = "auto"
 
   def setup(self):
-    self.encoder = Encoder3D(self.base_channels, tuple(self.channel_mult), self.num_res_blocks,
-                             self.latent_channels, tuple(self.temporal_down), self.dtype,
-                             self.conv_impl)
-    self.decoder = Decoder3D(self.base_channels, tuple(self.channel_mult), self.num_res_blocks,
-                             tuple(self.temporal_down), self.dtype, self.conv_impl)
+    common = dict(base_channels=self.base_channels, channel_mult=tuple(self.channel_mult),
+                  num_res_blocks=self.num_res_blocks, temporal_down=tuple(self.temporal_down),
+                  dtype=self.dtype, conv_impl=self.conv_impl)
+    self.encoder = Encoder3D(latent_channels=self.latent_channels, **common)
+    self.decoder = Decoder3D(**common)
 
   def latent_shape(self, video_shape):
     return latent_shape(video_shape, self.channel_mult, self.temporal_down, self.latent_channels)
@@ -425,50 +430,3 @@ def vae_flops(video_shape, *, base_channels=128, channel_mult=(1, 2, 4, 4), num_
   return sum(2 * n * k * ci * co for n, k, ci, co in _conv_plan(
       tuple(video_shape), base_channels, tuple(channel_mult), num_res_blocks, latent_channels,
       tuple(temporal_down)))
-
-
-# ---------------------------------------------------------------------------
-# Discriminator.
-
-
-class PatchDiscriminator3D(nn.Module):
-  """PatchGAN over cines: (B, F, H, W) in [-1, 1] -> per-patch logits (B, f, h, w) float32.
-
-  3x3x3 convs: the first `num_layers` have stride 2 (so each output patch
-  sees a 2^num_layers-fold down-sampled neighbourhood; any size n -> ceil(n /
-  2) per stride), channels channels * min(2^n, 8); then one stride-1 conv and
-  a stride-1 conv to one logit. LeakyReLU(0.2) throughout.
-
-  Norm: GroupNorm on every conv but the first and last (where PatchGAN uses
-  BatchNorm). It keeps no running statistics (no mutable collection in the
-  train step), normalises each example on its own, so real and fake batches
-  scored in separate calls cannot be told apart by batch statistics, and it
-  does not depend on the per-device batch size under data sharding. Convs
-  followed by a norm have no bias.
-  """
-  channels: int = 64
-  num_layers: int = 3
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
-
-  @nn.compact
-  def __call__(self, video):
-    x = cmr_to_float(video) if video.dtype == jnp.uint8 else video
-    h = x[..., None].astype(self.dtype)
-    h = nn.leaky_relu(_conv(self, self.channels, 3, 2, name="conv0")(h), 0.2)
-    for n in range(1, self.num_layers + 1):
-      c = self.channels * min(2 ** n, 8)
-      stride = 2 if n < self.num_layers else 1
-      h = _conv(self, c, 3, stride, name=f"conv{n}", use_bias=False)(h)
-      h = nn.leaky_relu(group_norm(c, self.dtype, f"norm{n}")(h), 0.2)
-      h = _constrain(h)
-    logits = _conv(self, 1, 3, 1, name="conv_out", out_axis="conv_out")(h)
-    return logits[..., 0].astype(jnp.float32)
-
-
-def discriminator_output_shape(video_shape, num_layers=3):
-  """(F, H, W) -> (f, h, w) of `PatchDiscriminator3D` logits."""
-  shape = tuple(int(s) for s in video_shape)
-  for _ in range(num_layers):
-    shape = tuple(-(-s // 2) for s in shape)
-  return shape

@@ -15,7 +15,7 @@ from cardionets_jax.models import layers
 
 
 def cmr_to_float(video):
-  """uint8 [0, 255] -> [-1, 1] (PAPER.md: x / 127.5 - 1)."""
+  """uint8 [0, 255] -> [-1, 1] (docs/method.md, Preprocessing: x / 127.5 - 1)."""
   return video.astype(jnp.float32) / 127.5 - 1.0
 
 

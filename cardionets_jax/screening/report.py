@@ -24,13 +24,29 @@ def write_report(path, name, ecg, fs, result, cine=None, num_frames=5):
   """One page: the 12-lead ECG (3 x 4 at 25 mm/s, 10 mm/mV, a lead II rhythm strip), the
   phenotypes against the reference ranges, the disease probabilities, frames of the cine."""
   plt = plots.pyplot()
-  leads = list(readers.STANDARD_LEADS)
-  seconds = ecg.shape[1] / fs
   fig = plt.figure(figsize=(11, 12))
   grid = fig.add_gridspec(3, 2, height_ratios=[5.0, 3.2, 1.6], hspace=0.3, wspace=0.25,
                           left=0.1, right=0.97, top=0.94, bottom=0.03)
-  ax = fig.add_subplot(grid[0, :])
-  row_gap = 3.0
+  _draw_ecg(fig.add_subplot(grid[0, :]), ecg, fs, name, result["input"])
+  _draw_phenotypes(fig.add_subplot(grid[1, 0]), result["phenotypes"])
+  _draw_diseases(fig.add_subplot(grid[1, 1]), result["diseases"])
+  if cine is not None:
+    frames = np.linspace(0, len(cine) - 1, num_frames).astype(int)
+    sub = grid[2, :].subgridspec(1, num_frames, wspace=0.05)
+    for c, f in enumerate(frames):
+      a = fig.add_subplot(sub[0, c])
+      a.imshow(cine[f], cmap="gray", vmin=-1, vmax=1)
+      a.set_xticks([]), a.set_yticks([])
+      a.set_title(f"synthetic cine, frame {f}", fontsize=7)
+  fig.suptitle("CardioNets screening report (research use; not a diagnosis)", fontsize=11)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def _draw_ecg(ax, ecg, fs, name, checks, row_gap=3.0):
+  """The 3 x 4 clinical layout and a lead II rhythm strip on ECG paper."""
+  leads = list(readers.STANDARD_LEADS)
+  seconds = ecg.shape[1] / fs
   segment = seconds / 4
   t = np.arange(ecg.shape[1]) / fs
   for r, row in enumerate(CLINICAL_LAYOUT):
@@ -46,19 +62,18 @@ def write_report(path, name, ecg, fs, result, cine=None, num_frames=5):
   _ecg_paper(ax, seconds, low, high)
   ax.set(xlim=(0, seconds), ylim=(low, high), xlabel="s (25 mm/s)", yticks=[])
   ax.set_aspect(0.4)  # 25 mm/s and 10 mm/mV: 0.2 s and 0.5 mV are both one 5 mm square
-  checks = result["input"]
   ax.set_title(f"{name}: 12-lead ECG ({checks['fs_in']:g} Hz"
                f"{', resampled to 250 Hz' if checks['resampled'] else ''}; band-passed 0.67-40 Hz)",
                fontsize=10)
 
-  ax = fig.add_subplot(grid[1, 0])
-  phen = result["phenotypes"]
+
+def _draw_phenotypes(ax, phen):
+  """Each phenotype as a dot on its reference range (red outside it)."""
   names = list(phen)
   for i, n in enumerate(names):
     p = phen[n]
     lo, hi = p["reference_range"]
-    span = max(hi - lo, 1e-9)
-    x = (p["value"] - lo) / span
+    x = (p["value"] - lo) / max(hi - lo, 1e-9)
     ax.barh(i, 1.0, left=0.0, color="#d9ead3", height=0.6)
     ax.plot([x], [i], "o", color="#cc0000" if p["outside_reference_range"] else "#1f4e79")
     ax.text(1.6, i, f"{p['value']:.1f} {p['unit']}  ({lo:.0f}-{hi:.0f})", va="center", fontsize=7)
@@ -68,8 +83,9 @@ def write_report(path, name, ecg, fs, result, cine=None, num_frames=5):
   ax.invert_yaxis()
   ax.set_title("Predicted phenotypes vs the cohort's reference range", fontsize=9)
 
-  ax = fig.add_subplot(grid[1, 1])
-  diseases = result["diseases"]
+
+def _draw_diseases(ax, diseases):
+  """Each disease probability as a bar with its decision threshold."""
   for i, (n, d) in enumerate(diseases.items()):
     ax.barh(i, d["probability"], color="#cc0000" if d["positive"] else "#1f4e79", height=0.4)
     ax.plot([d["threshold"]] * 2, [i - 0.3, i + 0.3], "k--", lw=1)
@@ -78,18 +94,6 @@ def write_report(path, name, ecg, fs, result, cine=None, num_frames=5):
   ax.set(yticks=[], xlim=(0, 1), ylim=(len(diseases) - 0.5, -0.7),
          xlabel="probability (dashed: decision threshold)")
   ax.set_title("Disease screening", fontsize=9)
-
-  if cine is not None:
-    frames = np.linspace(0, len(cine) - 1, num_frames).astype(int)
-    sub = grid[2, :].subgridspec(1, num_frames, wspace=0.05)
-    for c, f in enumerate(frames):
-      a = fig.add_subplot(sub[0, c])
-      a.imshow(cine[f], cmap="gray", vmin=-1, vmax=1)
-      a.set_xticks([]), a.set_yticks([])
-      a.set_title(f"synthetic cine, frame {f}", fontsize=7)
-  fig.suptitle("CardioNets screening report (research use; not a diagnosis)", fontsize=11)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
 
 
 def write_cine(out, name, cine):

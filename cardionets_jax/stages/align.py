@@ -14,8 +14,12 @@ import numpy as np
 
 from cardionets_jax import evaluate
 from cardionets_jax import losses
+from cardionets_jax import plots
 from cardionets_jax.data import datasets
 from cardionets_jax.data import synthetic
+from cardionets_jax.evaluators import probe
+from cardionets_jax.evaluators import retrieval
+from cardionets_jax.evaluators import splits
 from cardionets_jax.models import ecg as ecg_models
 from cardionets_jax.models import layers
 from cardionets_jax import stages
@@ -188,7 +192,7 @@ def _load_frozen(abstract, mesh, rules, upstream, data_dir, meta, cmr_encoder):
                                                   abstract["cmr_encoder"])
   metrics_lib.log("Frozen CMR encoder: %s (step %d)", upstream.path, step)
   features_fn = jax.jit(lambda v: cmr_encoder.apply({"params": encoder_params}, v))
-  feats, _ = common.map_split(lambda b: features_fn(b["cmr"]), data_dir, "train", ("cmr",), mesh,
+  feats, _ = splits.map_split(lambda b: features_fn(b["cmr"]), data_dir, "train", ("cmr",), mesh,
                               rules, limit=PCA_FIT_LIMIT)
   k = abstract["pca_components"].shape[1]
   pca_mean, pca_components = evaluate.pca_fit(feats, k)
@@ -222,34 +226,27 @@ class Evaluator:
 
   def embeddings(self, state, split, limit=None):
     t = self.trainer
-    out, kept = common.map_split(lambda b: self._embed(state.params, state.frozen, b), self.data_dir,
-                                 self.split(split), ("ecg", "lead_mask", "cmr"),
-                                 t.mesh, t.rules,
+    out, kept = splits.map_split(lambda b: self._embed(state.params, state.frozen, b),
+                                 self.data_dir, split, ("ecg", "lead_mask", "cmr"), t.mesh, t.rules,
                                  keep=("phenotypes",), limit=limit)
     return out, kept["phenotypes"]
 
-  def split(self, name):
-    return common.eval_split(self.meta, name, self.config.data)
-
   def evaluate(self, state):
-    """Retrieval on test; ridge probes of ECG and CMR features onto phenotypes."""
-    splits = {s: self.embeddings(state, s, mae.PROBE_TRAIN_LIMIT if s == "train" else None)
-              for s in ("train", "val", "test")}
-    (ecg_feat, ecg_emb, _, cmr_emb), _ = splits["test"]
-    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-    retrieval = evaluate.retrieval_topk(norm(ecg_emb) @ norm(cmr_emb).T)
-    probe = lambda i: evaluate.ridge_probe(*[(out[i], y) for out, y in splits.values()],
-                                           alphas=tuple(self.config.probe.alphas),
-                                           names=self.meta.phenotype_names)
-    return dict(retrieval=retrieval, ecg_probe=probe(0), cmr_probe=probe(2),
-                test_embeddings=ecg_emb, test_phenotypes=splits["test"][1])
+    """Retrieval on the score split; ridge probes of ECG and CMR features onto phenotypes."""
+    roles, data = probe.features_by_role(lambda s, n: self.embeddings(state, s, n), self.meta,
+                                         self.config.data)
+    (_, ecg_emb, _, cmr_emb), phenotypes = data["score"]
+    probe_of = lambda i: probe.phenotype_probe({r: (out[i], y) for r, (out, y) in data.items()},
+                                               roles, self.config.probe.alphas,
+                                               self.meta.phenotype_names)
+    return dict(retrieval=retrieval.ecg_to_cmr(ecg_emb, cmr_emb, roles["score"]),
+                ecg_probe=probe_of(0), cmr_probe=probe_of(2), test_embeddings=ecg_emb,
+                test_phenotypes=phenotypes)
 
 
 def embedding_figure(path, panels, phenotype_names):
   """2-D PCA of test ECG embeddings, coloured by LVEF, one panel per model."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   color_name = "lvef" if "lvef" in phenotype_names else phenotype_names[0]
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
   for ax, (title, emb, phen) in zip(np.atleast_1d(axes), panels):
@@ -277,19 +274,15 @@ def run(config, context):
   state = trainer.fit()
   aligned = evaluator.evaluate(state)
 
-  r2 = lambda probe: {k: v["r2"] for k, v in probe.items()}
-  n_test = len(aligned["test_embeddings"])
   results = dict(
       stage="align", variant=config.variant, step=int(state.step),
       loss=dict(weighted=config.align.weighted, phi=config.align.phi, tau=config.align.tau,
                 sigma=config.align.sigma),
-      retrieval=dict(aligned=aligned["retrieval"], random_init=baseline["retrieval"],
-                     chance=dict(top1=1 / n_test, top5=min(5 / n_test, 1.0)), n_test=n_test,
-                     split=evaluator.split("test")),
-      probe_r2=dict(aligned_ecg=r2(aligned["ecg_probe"]), random_init_ecg=r2(baseline["ecg_probe"]),
-                    cmr_encoder=r2(aligned["cmr_probe"])),
-      probe_splits=dict(fit=evaluator.split("train"), alpha=evaluator.split("val"),
-                        score=evaluator.split("test")),
+      retrieval=dict(aligned=aligned["retrieval"], random_init=baseline["retrieval"]),
+      probe_r2=dict(aligned_ecg=aligned["ecg_probe"]["r2"],
+                    random_init_ecg=baseline["ecg_probe"]["r2"],
+                    cmr_encoder=aligned["cmr_probe"]["r2"]),
+      probe_splits=aligned["ecg_probe"]["splits"],
       upstream=dict(mae=context.upstream("mae", config).describe(config.data)),
       checkpoint=f"{trainer.checkpoint_dir}/{int(state.step)}",
       wall_time_s=time.time() - start)
@@ -300,8 +293,8 @@ def run(config, context):
                               ("aligned ECG encoder", aligned["test_embeddings"],
                                aligned["test_phenotypes"])], meta.phenotype_names)
   common.write_results(workdir, "align", results)
-  metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s)", n_test,
-                  aligned["retrieval"], baseline["retrieval"])
+  metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s)",
+                  aligned["retrieval"]["n"], aligned["retrieval"], baseline["retrieval"])
   for name in meta.phenotype_names:
     metrics_lib.log("probe R2 %-18s aligned ECG %6.3f  random ECG %6.3f  CMR %6.3f", name,
                     results["probe_r2"]["aligned_ecg"][name],

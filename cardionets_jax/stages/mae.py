@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cardionets_jax import evaluate
 from cardionets_jax import losses
-from cardionets_jax.data import datasets
+from cardionets_jax import plots
 from cardionets_jax.data import pipeline
+from cardionets_jax.evaluators import probe
+from cardionets_jax.evaluators import splits
 from cardionets_jax.models import layers
 from cardionets_jax.models import vit
 from cardionets_jax import stages
@@ -20,9 +21,6 @@ from cardionets_jax.stages import common
 from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
-
-PROBE_TRAIN_LIMIT = 4096
-
 
 def compute_dtype(config):
   return jnp.dtype(config.train.compute_dtype)
@@ -128,36 +126,32 @@ class Evaluator:
 
   def _map(self, fn, split, keep=(), limit=None):
     t = self.trainer
-    return common.map_split(fn, self.data_dir, split, ("cmr",), t.mesh, t.rules, keep=keep,
+    return splits.map_split(fn, self.data_dir, split, ("cmr",), t.mesh, t.rules, keep=keep,
                             limit=limit)
 
   def split(self, name):
-    return common.eval_split(self.meta, name, self.config.data)
+    return splits.choose(self.meta, name, self.config.data)
 
   def reconstruction_loss(self, params, split="val"):
     """Mean per-example masked loss; the masks are fixed (the same every call)."""
-    split = self.split(split)
     rng = jax.random.PRNGKey(self.config.seed + 1)
-    losses_, _ = self._map(lambda b: self._loss(params, b["cmr"], rng), split)
+    losses_, _ = self._map(lambda b: self._loss(params, b["cmr"], rng), self.split(split))
     return float(np.mean(losses_))
 
   def features(self, params, split, limit=None):
-    feats, kept = self._map(lambda b: self._features(params, b["cmr"]), self.split(split),
+    feats, kept = self._map(lambda b: self._features(params, b["cmr"]), split,
                             keep=("phenotypes",), limit=limit)
     return feats, kept["phenotypes"]
 
   def probe(self, params):
-    data = [self.features(params, "train", PROBE_TRAIN_LIMIT), self.features(params, "val"),
-            self.features(params, "test")]
-    return evaluate.ridge_probe(*data, alphas=tuple(self.config.probe.alphas),
-                                names=self.meta.phenotype_names)
+    roles, data = probe.features_by_role(lambda s, n: self.features(params, s, n), self.meta,
+                                         self.config.data)
+    return probe.phenotype_probe(data, roles, self.config.probe.alphas, self.meta.phenotype_names)
 
   def reconstruction_figure(self, params, path, num_subjects=3, num_frames=4):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Original, masked and reconstructed frames of held-out subjects."""
     batch, _ = next(pipeline.eval_batches(self.data_dir, self.split("test"), ("cmr",),
-                                          common.EVAL_BATCH))
+                                          splits.EVAL_BATCH))
     t = self.trainer
     with mesh_lib.active(t.mesh, t.rules):
       dev = mesh_lib.replicated_batch(batch, t.mesh, t.rules)
@@ -176,33 +170,16 @@ class Evaluator:
     mask = np.asarray(mask)[..., None]
     masked = np.asarray(vit.unpatchify(target * (1 - mask) - mask, patch, shape))
     recon = np.asarray(vit.unpatchify(target * (1 - mask) + pred * mask, patch, shape))
-    video = np.asarray(video)
-    frames = np.linspace(0, shape[0] - 1, num_frames).astype(int)
-    fig, axes = plt.subplots(3 * num_subjects, num_frames,
-                             figsize=(1.6 * num_frames, 1.6 * 3 * num_subjects))
-    for s in range(num_subjects):
-      for r, (title, arr) in enumerate((("original", video), ("masked", masked),
-                                        ("reconstructed", recon))):
-        for c, f in enumerate(frames):
-          ax = axes[3 * s + r, c]
-          ax.imshow(np.clip(arr[s, f], -1, 1), cmap="gray", vmin=-1, vmax=1)
-          ax.set_xticks([]), ax.set_yticks([])
-          if c == 0:
-            ax.set_ylabel(f"{title}", fontsize=7)
-          if s == 0 and r == 0:
-            ax.set_title(f"frame {f}", fontsize=7)
-    fig.suptitle("MAE on held-out subjects", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rows = [(title, arr[s]) for s in range(num_subjects)
+            for title, arr in (("original", np.asarray(video)), ("masked", masked),
+                               ("reconstructed", recon))]
+    plots.frame_grid(path, rows, "MAE on held-out subjects", num_frames=num_frames, cell=1.6)
 
 
 def run(config, context):
   start = time.time()
   workdir = context.workdir
-  data_dir, meta = datasets.resolve(config, workdir)
-  model, task = make_task(config)
-  trainer = loop.Trainer(config, workdir, "mae", data_dir, task, mesh=context.mesh)
+  data_dir, meta, model, trainer = common.open_stage(config, context, "mae", make_task)
   evaluator = Evaluator(config, model, trainer, data_dir, meta)
 
   # The freshly initialised encoder is the baseline (init is deterministic per
@@ -218,17 +195,14 @@ def run(config, context):
 
   state = trainer.fit(on_eval)
   final_loss = evaluator.reconstruction_loss(state.params)
-  probe = evaluator.probe(state.params)
+  probed = evaluator.probe(state.params)
   step = int(state.step)
   results = dict(
       stage="mae", variant=config.variant, step=step,
       heldout_reconstruction_loss=dict(initial=init_loss, final=final_loss,
                                        split=evaluator.split("val")),
-      probe_r2={k: v["r2"] for k, v in probe.items()},
-      probe_r2_random_init={k: v["r2"] for k, v in init_probe.items()},
-      probe_alpha={k: v["alpha"] for k, v in probe.items()},
-      probe_splits=dict(fit=evaluator.split("train"), alpha=evaluator.split("val"),
-                        score=evaluator.split("test")),
+      probe_r2=probed["r2"], probe_r2_random_init=init_probe["r2"], probe_alpha=probed["alpha"],
+      probe_splits=probed["splits"],
       num_examples={s: v["num_examples"] for s, v in meta.splits.items()},
       data=data_dir, checkpoint=f"{trainer.checkpoint_dir}/{step}",
       wall_time_s=time.time() - start)
@@ -236,8 +210,8 @@ def run(config, context):
   evaluator.reconstruction_figure(state.params, figure)  # every process computes, process 0 draws
   common.write_results(workdir, "mae", results)
   metrics_lib.log("Held-out reconstruction loss %.4f -> %.4f", init_loss, final_loss)
-  for name, r in probe.items():
-    metrics_lib.log("probe R2 %-18s %6.3f (random init %6.3f)", name, r["r2"], init_probe[name]["r2"])
+  for name, r2 in probed["r2"].items():
+    metrics_lib.log("probe R2 %-18s %6.3f (random init %6.3f)", name, r2, init_probe["r2"][name])
   return results
 
 

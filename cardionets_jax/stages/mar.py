@@ -2,43 +2,31 @@
 
 Trains on the tokenize stage's cached VAE posteriors (a fresh latent is
 drawn from each posterior every step), normalised per channel with
-training-split statistics kept in the frozen state. Evaluation generates
-held-out subjects' cines from their own ECG, a shuffled ECG and no condition
-with the EMA weights, decodes them with the VAE and scores them against the
-true cines (SSIM, PSNR, bootstrap CIs, paired differences), and applies a
-ridge probe fitted on the mae encoder's features of true cines to the
-generated ones.
+training-split statistics kept in the frozen state; evaluated by
+`evaluators.generation` (held-out cines generated from their own ECG, a
+shuffled one and none, against the true cines).
 """
 
 import logging
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cardionets_jax import evaluate
-from cardionets_jax import image_metrics
+from cardionets_jax import stages
 from cardionets_jax.data import datasets
 from cardionets_jax.data import pipeline
 from cardionets_jax.data import records
+from cardionets_jax.evaluators import generation
 from cardionets_jax.models import diffusion
 from cardionets_jax.models import mar as mar_lib
-from cardionets_jax.models import vit
-from cardionets_jax import stages
 from cardionets_jax.stages import common
 from cardionets_jax.stages import context as context_lib
-from cardionets_jax.stages import mae as mae_stage
 from cardionets_jax.stages import vae as vae_stage
-from cardionets_jax.workdir import safe_name
 from cardionets_jax.train import loop
-from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
 from cardionets_jax.train import state as state_lib
-
-CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
-PROBE_TRAIN_LIMIT = 2048
 
 
 def token_shapes(config, tokens_meta=None):
@@ -193,168 +181,6 @@ def random_generator(config, rng):
                                                 conditioned=True)
 
 
-class Evaluator:
-  """Generated vs true held-out cines under each condition, and the mae phenotype probe."""
-
-  def __init__(self, config, model, trainer, tokens_dir, mae_reference, cohort_dir, cohort_meta):
-    self.config, self.trainer = config, trainer
-    self.tokens_dir, self.cohort_dir, self.meta = tokens_dir, cohort_dir, cohort_meta
-    mesh = trainer.mesh
-    vae_reference = tokens_vae(tokens_dir)
-    self.vae, self.vae_params, _, vae_config = vae_stage.restore_vae(vae_reference, mesh)
-    self.cmr_shape = vae_stage.cmr_shape(vae_config)
-    encoder, self.encoder_params, _, mae_config = mae_stage.restore_encoder(mae_reference, mesh)
-    self.probe_alphas = tuple(mae_config.probe.alphas)
-    self.sources = dict(vae=vae_reference, mae=mae_reference)
-    self._features = jax.jit(lambda p, v: encoder.apply({"params": p}, v))
-    self._features_float = jax.jit(lambda p, v: encoder.apply(
-        {"params": p}, jnp.round((v + 1.0) * 127.5).astype(jnp.uint8)))
-    self._reconstruct = jax.jit(lambda p, v: jnp.clip(self.vae.apply(
-        {"params": p}, self.vae.apply({"params": p}, v, method=self.vae.encode).mean,
-        method=self.vae.decode), -1.0, 1.0))
-    self._generate = make_generate(config, model, self.vae,
-                                   tuple(records.DatasetMeta.load(tokens_dir).shapes["latent_mean"]))
-    self._scores = jax.jit(lambda x, y: (image_metrics.cine_ssim(x, y, vae_stage.DATA_RANGE),
-                                         image_metrics.cine_psnr(x, y, vae_stage.DATA_RANGE)))
-
-  def split(self, name):
-    return common.eval_split(self.meta, name, self.config.data)
-
-  def _probe(self):
-    """Ridge map from the mae encoder's features of true cines to the phenotypes."""
-    t = self.trainer
-    data = []
-    for split, limit in (("train", PROBE_TRAIN_LIMIT), ("val", None)):
-      feats, kept = common.map_split(lambda b: self._features(self.encoder_params, b["cmr"]),
-                                     self.cohort_dir, self.split(split), ("cmr",),
-                                     t.mesh, t.rules, keep=("phenotypes",), limit=limit)
-      data.append((feats, kept["phenotypes"]))
-    predict, _ = evaluate.fit_ridge_probe(*data, alphas=self.probe_alphas)
-    return predict
-
-  def heldout(self):
-    """The first eval.num_subjects held-out subjects: tokens and their true cines."""
-    split = self.split("test")
-    e = self.config.eval
-    tokens = {k: [] for k in ("subject_id", "ecg_embedding", "phenotypes")}
-    for batch, valid in pipeline.eval_batches(self.tokens_dir, split, tuple(tokens), 64, e.num_subjects):
-      for k in tokens:
-        tokens[k].append(batch[k][:valid])
-    tokens = {k: np.concatenate(v) for k, v in tokens.items()}
-    wanted = {sid: i for i, sid in enumerate(tokens["subject_id"])}
-    cines = np.zeros((len(wanted),) + self.cmr_shape, np.uint8)
-    found = 0
-    for batch, valid in pipeline.eval_batches(self.cohort_dir, split, ("subject_id", "cmr"), 64):
-      for sid, cine in zip(batch["subject_id"][:valid], batch["cmr"][:valid]):
-        if sid in wanted:
-          cines[wanted[sid]] = cine
-          found += 1
-    if found != len(wanted):
-      raise ValueError(f"{len(wanted) - found} tokenized {split} subjects have no cine in "
-                       f"{self.cohort_dir}: were the tokens made from another dataset?")
-    return tokens, cines
-
-  def evaluate(self, state, seed=0):
-    """Scores, CIs and probe results (a dict for results.json) and the generated cines."""
-    e, t = self.config.eval, self.trainer
-    params = state_lib.ema_params(state)
-    tokens, cines = self.heldout()
-    n = len(cines)
-    shuffled = np.roll(np.arange(n), n // 2)  # every subject gets another subject's ECG
-    embeddings = dict(own_ecg=tokens["ecg_embedding"], shuffled_ecg=tokens["ecg_embedding"][shuffled],
-                      no_condition=tokens["ecg_embedding"])
-    generated = {k: [] for k in CONDITIONS}
-    recon = []
-    progress = metrics_lib.Progress(len(CONDITIONS) * -(-n // e.batch_size), e.batch_size)
-    done = 0
-    with mesh_lib.active(t.mesh, t.rules):
-      for start in range(0, n, e.batch_size):
-        sl = slice(start, min(start + e.batch_size, n))
-        valid = sl.stop - sl.start
-        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], e.batch_size - valid, 0)])
-        rng = jax.random.fold_in(jax.random.PRNGKey(seed), start)
-        for name in CONDITIONS:
-          out = self._generate(params, state.frozen, self.vae_params, jnp.asarray(pad(embeddings[name][sl])),
-                               rng, conditioned=name != "no_condition")
-          generated[name].append(np.asarray(out)[:valid])
-          done += 1
-          line = progress.update(done)
-          if line:
-            metrics_lib.log("generating held-out cines: %s", line)
-        recon.append(np.asarray(self._reconstruct(self.vae_params, jnp.asarray(pad(cines[sl]))))[:valid])
-    generated = {k: np.concatenate(v) for k, v in generated.items()}
-    generated["vae_reconstruction"] = np.concatenate(recon)
-    truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
-
-    scores = {}
-    for name, cine in generated.items():
-      ssim, psnr = (np.asarray(x) for x in self._scores(jnp.asarray(cine), jnp.asarray(truth)))
-      scores[name] = dict(ssim=ssim, psnr=psnr)
-    result = {"num_subjects": n, "split": self.split("test"),
-              "probe_fit_splits": [self.split("train"), self.split("val")]}
-    for name, s in scores.items():
-      result[name] = {m: evaluate.bootstrap_ci(np.mean, (s[m],), n_boot=e.n_boot) for m in ("ssim", "psnr")}
-    for other in ("shuffled_ecg", "no_condition"):
-      result[f"own_ecg_minus_{other}"] = {
-          m: evaluate.paired_bootstrap_diff(np.mean, (scores["own_ecg"][m],), (scores[other][m],),
-                                            n_boot=e.n_boot) for m in ("ssim", "psnr")}
-
-    predict = self._probe()
-    names = self.meta.phenotype_names
-    probe = {}
-    feats_true = np.asarray(self._features(self.encoder_params, jnp.asarray(cines)))
-    probe["true_cine"] = predict(feats_true)
-    for name in CONDITIONS:
-      feats = np.asarray(self._features_float(self.encoder_params, jnp.asarray(generated[name])))
-      probe[name] = predict(feats)
-    y = tokens["phenotypes"]
-    result["probe_r2"] = {
-        source: {p: (evaluate.r2_score(y[~np.isnan(y[:, j]), j], pred[~np.isnan(y[:, j]), j])
-                     if np.sum(~np.isnan(y[:, j])) > 1 else float("nan"))
-                 for j, p in enumerate(names)}
-        for source, pred in probe.items()}
-    # Does the generated heart match the probe's reading of the true one (same probe, both cines)?
-    result["probe_r2_vs_true_cine_reading"] = {
-        name: {p: evaluate.r2_score(probe["true_cine"][:, j], probe[name][:, j])
-               for j, p in enumerate(names)} for name in CONDITIONS}
-    return result, generated, truth, tokens["subject_id"]
-
-
-def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
-  """Per subject: the own-ECG cine as NIfTI (x, y, t) and GIF (true | generated), and a PNG
-  strip of frames: true, own ECG, shuffled ECG, no condition."""
-  import imageio.v2 as imageio
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import nibabel as nib
-  os.makedirs(out_dir, exist_ok=True)
-  to_uint8 = lambda x: np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
-  rows = [("true", truth)] + [(k, generated[k]) for k in CONDITIONS]
-  for i in range(min(num, len(truth))):
-    name = safe_name(subject_ids[i].decode() if isinstance(subject_ids[i], bytes) else subject_ids[i])
-    cine = to_uint8(generated["own_ecg"][i])
-    nib.save(nib.Nifti1Image(np.transpose(cine, (2, 1, 0)), np.eye(4)),
-             os.path.join(out_dir, f"{name}.nii.gz"))
-    pair = np.concatenate([to_uint8(truth[i]), cine], axis=2)
-    imageio.mimsave(os.path.join(out_dir, f"{name}.gif"), list(pair), duration=0.08, loop=0)
-    frames = np.linspace(0, cine.shape[0] - 1, num_frames).astype(int)
-    fig, axes = plt.subplots(len(rows), num_frames, figsize=(1.3 * num_frames, 1.4 * len(rows)))
-    for r, (label, arr) in enumerate(rows):
-      for c, f in enumerate(frames):
-        ax = axes[r, c]
-        ax.imshow(arr[i, f], cmap="gray", vmin=-1, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([])
-        if c == 0:
-          ax.set_ylabel(label.replace("_", " "), fontsize=7)
-        if r == 0:
-          ax.set_title(f"frame {f}", fontsize=7)
-    fig.suptitle(f"{name}: true cine and cines generated from its ECG, another ECG, none", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=100)
-    plt.close(fig)
-
-
 def tokens_vae(tokens_dir):
   """The VAE checkpoint (step folder) a tokens dataset was made with: the generator decodes with
   exactly that VAE."""
@@ -383,8 +209,10 @@ def run(config, context):
   trainer = loop.Trainer(config, workdir, "mar", tokens.path, task, mesh=context.mesh)
   state = trainer.fit()
   export_generator(state, workdir)
-  evaluator = Evaluator(config, model, trainer, tokens.path, mae_up.reference, cohort_dir,
-                        cohort_meta)
+  latent_shape = tuple(records.DatasetMeta.load(tokens.path).shapes["latent_mean"])
+  evaluator = generation.GenerationEvaluator(
+      config, lambda vae: make_generate(config, model, vae, latent_shape), trainer, tokens.path,
+      tokens_vae(tokens.path), mae_up.reference, cohort_dir, cohort_meta)
   result, generated, truth, ids = evaluator.evaluate(state)
   step = int(state.step)
   results = dict(stage="mar", variant=config.variant, step=step, heldout_test=result,
@@ -393,9 +221,9 @@ def run(config, context):
                                mae=mae_up.describe(config.data)),
                  checkpoint=f"{trainer.checkpoint_dir}/{step}", wall_time_s=time.time() - start)
   if jax.process_index() == 0:
-    write_samples(workdir.samples("mar"), ids, generated, truth)
+    generation.write_samples(workdir.samples("mar"), ids, generated, truth)
   common.write_results(workdir, "mar", results)
-  for name in CONDITIONS + ("vae_reconstruction",):
+  for name in generation.CONDITIONS + ("vae_reconstruction",):
     r = result[name]
     metrics_lib.log("%-18s SSIM %.4f (%.4f-%.4f)  PSNR %.2f dB (%.2f-%.2f)", name, r["ssim"]["value"],
                     r["ssim"]["low"], r["ssim"]["high"], r["psnr"]["value"], r["psnr"]["low"],

@@ -13,6 +13,7 @@ import jax
 from cardionets_jax import stages
 from cardionets_jax.data import datasets
 from cardionets_jax.data import records
+from cardionets_jax.evaluators import splits
 from cardionets_jax.stages import align
 from cardionets_jax.stages import common
 from cardionets_jax.stages import vae as vae_stage
@@ -38,7 +39,7 @@ def run(config, context):
 
   def split_examples(split):
     def generate():
-      (mean, logvar, emb), kept = common.map_split(
+      (mean, logvar, emb), kept = splits.map_split(
           encode, data_dir, split, ("cmr", "ecg", "lead_mask"), mesh, rules,
           keep=("subject_id", "phenotypes", "labels"), batch_size=config.tokenize.batch_size)
       for i in range(len(mean)):
@@ -58,15 +59,15 @@ def run(config, context):
                   ecg_embedding=[acfg.model.embed_dim]),
       source=f"vae {vae_up.reference}; align {align_up.reference}; data {data_dir}",
       provenance=made_by)
-  splits = {s: split_examples(s) for s, info in meta.splits.items() if info["num_with_cmr"]}
-  counts = {s: meta.splits[s]["num_with_cmr"] for s in splits}
+  by_split = {s: split_examples(s) for s, info in meta.splits.items() if info["num_with_cmr"]}
+  counts = {s: meta.splits[s]["num_with_cmr"] for s in by_split}
   results = dict(stage="tokenize", variant=config.variant, tokens=workdir.tokens,
                  num_examples=counts, latent_shape=latent_shape,
                  upstream=dict(vae=vae_up.describe(config.data), align=align_up.describe(config.data)),
                  data=data_dir)
   if jax.process_index() == 0:
     directory = records.write_dataset(
-        workdir.tokens, splits, out_meta, builder_cls=records.CardionetsTokens,
+        workdir.tokens, by_split, out_meta, builder_cls=records.CardionetsTokens,
         feature_dict=records.token_features(latent_shape, acfg.model.embed_dim,
                                             len(meta.phenotype_names), len(meta.label_names)))
     metrics_lib.log("Tokenized %s into %s in %.1fs", counts, directory, time.time() - start)

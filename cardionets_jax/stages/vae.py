@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cardionets_jax import image_metrics
 from cardionets_jax import losses
-from cardionets_jax.data import datasets
+from cardionets_jax import plots
 from cardionets_jax.data import pipeline
+from cardionets_jax.evaluators import reconstruction
+from cardionets_jax.evaluators import splits
+from cardionets_jax.models import discriminator
 from cardionets_jax.models import vae3d
 from cardionets_jax.models import vit
 from cardionets_jax import stages
@@ -23,9 +25,6 @@ from cardionets_jax.stages import common
 from cardionets_jax.train import loop
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
-
-DATA_RANGE = 2.0  # cines live in [-1, 1]
-
 
 def cmr_shape(config):
   return (config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
@@ -39,9 +38,9 @@ def build_vae(config):
 
 
 def build_discriminator(config):
-  return vae3d.PatchDiscriminator3D(channels=config.vae.disc_channels,
-                                    num_layers=config.vae.disc_layers,
-                                    dtype=jnp.dtype(config.train.compute_dtype))
+  return discriminator.PatchDiscriminator3D(channels=config.vae.disc_channels,
+                                            num_layers=config.vae.disc_layers,
+                                            dtype=jnp.dtype(config.train.compute_dtype))
 
 
 def train_flops_per_example(config):
@@ -142,34 +141,18 @@ class Evaluator:
 
   def __init__(self, config, vae, trainer, data_dir, meta):
     self.config, self.vae, self.trainer, self.data_dir, self.meta = config, vae, trainer, data_dir, meta
-
-    def reconstruct(params, video):
-      posterior = vae.apply({"params": params}, video, method=vae.encode)
-      recon = jnp.clip(vae.apply({"params": params}, posterior.mean, method=vae.decode), -1, 1)
-      target = vit.cmr_to_float(video)
-      return (recon, image_metrics.cine_psnr(recon, target, DATA_RANGE),
-              image_metrics.cine_ssim(recon, target, DATA_RANGE), posterior.mean)
-
-    self._reconstruct = jax.jit(reconstruct)
+    self._reconstruct = reconstruction.reconstructor(vae)
 
   def evaluate(self, params, split="test"):
     t = self.trainer
-    split = common.eval_split(self.meta, split, self.config.data)
-    (_, psnr, ssim, latent), _ = common.map_split(
-        lambda b: self._reconstruct(params["vae"], b["cmr"]), self.data_dir, split, ("cmr",),
-        t.mesh, t.rules, batch_size=16)
-    return dict(split=split, psnr=float(np.mean(psnr)), ssim=float(np.mean(ssim)),
-                latent_mean=float(np.mean(latent)), latent_std=float(np.std(latent)),
-                n=int(len(psnr)))
+    return reconstruction.heldout(self._reconstruct, params["vae"], self.data_dir,
+                                  splits.choose(self.meta, split, self.config.data), t.mesh, t.rules)
 
   def figures(self, params, workdir, num_subjects=3, num_frames=6):
-    import imageio.v2 as imageio
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Frames and a GIF of held-out originals beside their reconstructions."""
     t = self.trainer
     batch, _ = next(pipeline.eval_batches(
-        self.data_dir, common.eval_split(self.meta, "test", self.config.data), ("cmr",), 16))
+        self.data_dir, splits.choose(self.meta, "test", self.config.data), ("cmr",), 16))
     with mesh_lib.active(t.mesh, t.rules):
       dev = mesh_lib.replicated_batch({"cmr": batch["cmr"]}, t.mesh, t.rules)
       recon, *_ = self._reconstruct(params["vae"], dev["cmr"])
@@ -178,36 +161,19 @@ class Evaluator:
       return
     original = np.asarray(vit.cmr_to_float(batch["cmr"]))
     recon = np.asarray(recon)
-    frames = np.linspace(0, original.shape[1] - 1, num_frames).astype(int)
-    fig, axes = plt.subplots(2 * num_subjects, num_frames,
-                             figsize=(1.5 * num_frames, 1.6 * 2 * num_subjects))
-    for s in range(num_subjects):
-      for r, (title, arr) in enumerate((("original", original), ("reconstructed", recon))):
-        for c, f in enumerate(frames):
-          ax = axes[2 * s + r, c]
-          ax.imshow(arr[s, f], cmap="gray", vmin=-1, vmax=1)
-          ax.set_xticks([]), ax.set_yticks([])
-          if c == 0:
-            ax.set_ylabel(title, fontsize=7)
-          if s == 0 and r == 0:
-            ax.set_title(f"frame {f}", fontsize=7)
-    fig.suptitle("3D-VAE on held-out subjects", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(workdir.file("vae", "reconstructions.png"), dpi=110)
-    plt.close(fig)
-    # Original | reconstruction side by side, one GIF frame per cine frame.
+    rows = [(title, arr[s]) for s in range(num_subjects)
+            for title, arr in (("original", original), ("reconstructed", recon))]
+    plots.frame_grid(workdir.file("vae", "reconstructions.png"), rows, "3D-VAE on held-out subjects",
+                     num_frames=num_frames)
+    # Original | reconstruction side by side, subjects stacked vertically, a GIF frame per frame.
     pair = np.concatenate([original[:num_subjects], recon[:num_subjects]], axis=3)
-    pair = np.concatenate(list(pair), axis=1)                      # subjects stacked vertically
-    gif = ((np.clip(pair, -1, 1) + 1) * 127.5).astype(np.uint8)
-    imageio.mimsave(workdir.file("vae", "reconstructions.gif"), list(gif), duration=0.08, loop=0)
+    plots.write_gif(workdir.file("vae", "reconstructions.gif"), np.concatenate(list(pair), axis=1))
 
 
 def run(config, context):
   start = time.time()
   workdir = context.workdir
-  data_dir, meta = datasets.resolve(config, workdir)
-  vae, task = make_task(config)
-  trainer = loop.Trainer(config, workdir, "vae", data_dir, task, mesh=context.mesh)
+  data_dir, meta, vae, trainer = common.open_stage(config, context, "vae", make_task)
   evaluator = Evaluator(config, vae, trainer, data_dir, meta)
   initial = evaluator.evaluate(trainer.state.params, "val")
   metrics_lib.log("Before training: held-out PSNR %.2f dB, SSIM %.3f", initial["psnr"], initial["ssim"])

@@ -8,7 +8,7 @@ NaN guard.
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import numpy as np

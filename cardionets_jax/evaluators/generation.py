@@ -1,0 +1,165 @@
+"""Generated cines against the true ones: the generator evaluated as screening would use it.
+
+Held-out subjects' cines are generated from their own ECG, a shuffled ECG and no condition with
+the EMA weights, decoded with the VAE the tokens were made with, and scored against the true
+cines (SSIM, PSNR, bootstrap CIs, paired differences); a ridge probe fitted on the mae encoder's
+features of true cines reads the phenotypes off the generated ones.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cardionets_jax import bootstrap
+from cardionets_jax import evaluate
+from cardionets_jax import plots
+from cardionets_jax.data import pipeline
+from cardionets_jax.evaluators import probe
+from cardionets_jax.evaluators import reconstruction
+from cardionets_jax.evaluators import splits
+from cardionets_jax.models import vit
+from cardionets_jax.train import mesh as mesh_lib
+from cardionets_jax.train import metrics as metrics_lib
+from cardionets_jax.train import state as state_lib
+from cardionets_jax.workdir import safe_name
+
+CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
+METRICS = ("ssim", "psnr")
+
+
+class GenerationEvaluator:
+  """`build_generate(vae)` is the generator's jitted sampling + decode program (mar's
+  `make_generate`) around the VAE restored here from `vae_reference`."""
+
+  def __init__(self, config, build_generate, trainer, tokens_dir, vae_reference, mae_reference,
+               cohort_dir, cohort_meta):
+    from cardionets_jax.stages import mae as mae_stage
+    from cardionets_jax.stages import vae as vae_stage
+    self.config, self.trainer = config, trainer
+    self.tokens_dir, self.cohort_dir, self.meta = tokens_dir, cohort_dir, cohort_meta
+    vae, self.vae_params, _, vae_config = vae_stage.restore_vae(vae_reference, trainer.mesh)
+    self.cmr_shape = vae_stage.cmr_shape(vae_config)
+    encoder, self.encoder_params, _, mae_config = mae_stage.restore_encoder(mae_reference,
+                                                                           trainer.mesh)
+    self.probe_alphas = tuple(mae_config.probe.alphas)
+    self.sources = dict(vae=vae_reference, mae=mae_reference)
+    self.split = splits.choose(cohort_meta, "test", config.data)
+    self._features = jax.jit(lambda p, v: encoder.apply({"params": p}, v))
+    self._reconstruct = reconstruction.reconstructor(vae)
+    self._generate = build_generate(vae)
+    self._scores = jax.jit(reconstruction.scores)
+
+  def heldout(self):
+    """The first eval.num_subjects held-out subjects: tokens and their true cines."""
+    tokens = {k: [] for k in ("subject_id", "ecg_embedding", "phenotypes")}
+    for batch, valid in pipeline.eval_batches(self.tokens_dir, self.split, tuple(tokens), 64,
+                                              self.config.eval.num_subjects):
+      for k in tokens:
+        tokens[k].append(batch[k][:valid])
+    tokens = {k: np.concatenate(v) for k, v in tokens.items()}
+    wanted = {sid: i for i, sid in enumerate(tokens["subject_id"])}
+    cines = np.zeros((len(wanted),) + self.cmr_shape, np.uint8)
+    found = 0
+    for batch, valid in pipeline.eval_batches(self.cohort_dir, self.split, ("subject_id", "cmr"), 64):
+      for sid, cine in zip(batch["subject_id"][:valid], batch["cmr"][:valid]):
+        if sid in wanted:
+          cines[wanted[sid]] = cine
+          found += 1
+    if found != len(wanted):
+      raise ValueError(f"{len(wanted) - found} tokenized {self.split} subjects have no cine in "
+                       f"{self.cohort_dir}: were the tokens made from another dataset?")
+    return tokens, cines
+
+  def generate_all(self, state, embeddings, cines, seed):
+    """{condition: generated cines, "vae_reconstruction": the VAE's own reconstructions}."""
+    e, t = self.config.eval, self.trainer
+    params, n = state_lib.ema_params(state), len(cines)
+    conditioned = dict(own_ecg=embeddings, shuffled_ecg=embeddings[np.roll(np.arange(n), n // 2)],
+                       no_condition=embeddings)  # shuffled: every subject gets another's ECG
+    out = {k: [] for k in CONDITIONS + ("vae_reconstruction",)}
+    progress = metrics_lib.Progress(len(CONDITIONS) * -(-n // e.batch_size), e.batch_size)
+    with mesh_lib.active(t.mesh, t.rules):
+      for start in range(0, n, e.batch_size):
+        valid = min(e.batch_size, n - start)
+        pad = lambda x: np.concatenate([x[start:start + valid],
+                                        np.repeat(x[start + valid - 1:start + valid],
+                                                  e.batch_size - valid, 0)])
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), start)
+        for name in CONDITIONS:
+          cine = self._generate(params, state.frozen, self.vae_params,
+                                jnp.asarray(pad(conditioned[name])), rng,
+                                conditioned=name != "no_condition")
+          out[name].append(np.asarray(cine)[:valid])
+          line = progress.update(sum(len(out[k]) for k in CONDITIONS))
+          if line:
+            metrics_lib.log("generating held-out cines: %s", line)
+        recon = self._reconstruct(self.vae_params, jnp.asarray(pad(cines)))[0]
+        out["vae_reconstruction"].append(np.asarray(recon)[:valid])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+  def image_scores(self, generated, truth):
+    """SSIM and PSNR with CIs per condition, and own ECG minus each control (paired)."""
+    n_boot = self.config.eval.n_boot
+    scores = {name: dict(zip(METRICS, (np.asarray(x) for x in self._scores(jnp.asarray(cine),
+                                                                          jnp.asarray(truth)))))
+              for name, cine in generated.items()}
+    result = {name: {m: bootstrap.bootstrap_ci(np.mean, (s[m],), n_boot=n_boot) for m in METRICS}
+              for name, s in scores.items()}
+    for other in ("shuffled_ecg", "no_condition"):
+      result[f"own_ecg_minus_{other}"] = {
+          m: bootstrap.paired_bootstrap_diff(np.mean, (scores["own_ecg"][m],), (scores[other][m],),
+                                             n_boot=n_boot) for m in METRICS}
+    return result
+
+  def phenotype_readings(self, phenotypes, cines, generated):
+    """R2 of the mae probe's phenotype readings, against the truth and against its reading of the
+    true cine (does the generated heart match the real one?)."""
+    t = self.trainer
+
+    def features(split, limit):
+      feats, kept = splits.map_split(lambda b: self._features(self.encoder_params, b["cmr"]),
+                                     self.cohort_dir, split, ("cmr",), t.mesh, t.rules,
+                                     keep=("phenotypes",), limit=limit)
+      return feats, kept["phenotypes"]
+
+    roles, data = probe.features_by_role(features, self.meta, self.config.data, ("fit", "select"))
+    predict = probe.fitted_probe(data, self.probe_alphas)
+    read = lambda uint8_cines: predict(np.asarray(self._features(self.encoder_params,
+                                                                 jnp.asarray(uint8_cines))))
+    readings = dict(true_cine=read(cines), **{k: read(plots.to_uint8(generated[k])) for k in CONDITIONS})
+    names = self.meta.phenotype_names
+    r2 = lambda y, p: (evaluate.r2_score(y[~np.isnan(y)], p[~np.isnan(y)])
+                       if np.sum(~np.isnan(y)) > 1 else float("nan"))
+    return dict(
+        probe_r2={src: {n: r2(phenotypes[:, j], p[:, j]) for j, n in enumerate(names)}
+                  for src, p in readings.items()},
+        probe_r2_vs_true_cine_reading={
+            k: {n: r2(readings["true_cine"][:, j], readings[k][:, j]) for j, n in enumerate(names)}
+            for k in CONDITIONS},
+        probe_splits=dict(fit=roles["fit"], select=roles["select"]))
+
+  def evaluate(self, state, seed=0):
+    """(results dict, generated cines, true cines in [-1, 1], subject ids)."""
+    tokens, cines = self.heldout()
+    generated = self.generate_all(state, tokens["ecg_embedding"], cines, seed)
+    truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
+    result = dict(num_subjects=len(cines), split=self.split, **self.image_scores(generated, truth),
+                  **self.phenotype_readings(tokens["phenotypes"], cines, generated))
+    return result, generated, truth, tokens["subject_id"]
+
+
+def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
+  """Per subject: the own-ECG cine as NIfTI (x, y, t) and GIF (true | generated), and a PNG
+  strip of frames: true, own ECG, shuffled ECG, no condition."""
+  os.makedirs(out_dir, exist_ok=True)
+  for i in range(min(num, len(truth))):
+    name = safe_name(subject_ids[i].decode() if isinstance(subject_ids[i], bytes) else subject_ids[i])
+    plots.write_nifti(os.path.join(out_dir, f"{name}.nii.gz"), generated["own_ecg"][i])
+    plots.write_gif(os.path.join(out_dir, f"{name}.gif"),
+                    np.concatenate([truth[i], generated["own_ecg"][i]], axis=2))
+    rows = [("true", truth[i])] + [(k.replace("_", " "), generated[k][i]) for k in CONDITIONS]
+    plots.frame_grid(os.path.join(out_dir, f"{name}.png"), rows,
+                     f"{name}: true cine and cines generated from its ECG, another ECG, none",
+                     num_frames=num_frames, cell=1.3, dpi=100)
