@@ -35,7 +35,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "scikit-learn>=1.5", "scikit-image>=0.24"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -87,7 +87,9 @@ def run(args):
   records = inputs.find_records(args.ecg, args.fs)
   if not records:
     raise SystemExit(f"No ECG records found in {args.ecg}")
-  screener = Screener(Workdir(args.workdir), args.method, generate=not args.no_generate)
+  screener = Screener(Workdir(args.workdir), args.method, generate=not args.no_generate,
+                      generator_workdir=Workdir(args.generator_workdir) if args.generator_workdir
+                      else None)
   rows, prepared = [], []
   for r in records:
     try:
@@ -123,6 +125,8 @@ def parse_args(argv):
   parser.add_argument("--allow-missing-leads", action="store_true",
                       help="predict from the leads present (the encoder masks absent ones)")
   parser.add_argument("--method", default=None, help="finetune method (default: aligned, most labels)")
+  parser.add_argument("--generator-workdir", default=None,
+                      help="workdir of the mar stage to generate with (default: --workdir)")
   parser.add_argument("--batch-size", type=int, default=16, help="records per compiled batch")
   parser.add_argument("--seed", type=int, default=0, help="sampling seed of the cines")
   parser.add_argument("more_ecg", nargs="*", metavar="PATH", help="more records (--ecg=A B C)")

@@ -12,11 +12,26 @@ import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+# One persistent compilation cache for the suite, this process and every child it starts: the
+# stages' programs at test sizes recur across tests (and across xdist workers), so each compiles once.
+COMPILATION_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 ".pytest_cache", "jax-compilation-cache")
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
 
 import tensorflow_datasets as tfds  # noqa: E402
 
 tfds.disable_progress_bar()
+
+
+def pytest_collection_modifyitems(items):
+  """Under xdist, the tests that read the shared trained workdir run on one worker, so the chain
+  that makes it runs once (`--dist loadgroup`)."""
+  for item in items:
+    if {"tokenized_workdir", "trained_workdir"} & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.xdist_group("trained_workdir"))
 
 
 def pytest_configure(config):
@@ -88,15 +103,12 @@ def subprocess_env(devices=None):
   """The environment of a `python -m cardionets_jax...` child: the real CPU (or `devices`
   simulated ones) and the suite's persistent compilation cache, so children compile once."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop("XLA_FLAGS", None)
   if devices:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
-
-
-COMPILATION_CACHE = os.path.join(REPO, ".pytest_cache", "jax-compilation-cache")
 
 
 def run_main(args, timeout=900, devices=None):

@@ -10,14 +10,25 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cardionets_jax import orchestrate
+from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.workdir import Workdir
 from tests.conftest import REPO
+from tests.conftest import stage_test_config
 from tests.conftest import subprocess_env
 
 METHOD = "aligned-full-labels1-seed0"
 # Every label: a label subset filters examples, and filtered streams differ between host counts.
 FLAGS = ["--config=configs/finetune.py:variant=test", "--config.finetune.inits=('aligned',)",
          "--config.finetune.label_fractions=(1.0,)", "--config.mesh.shape.fsdp=2"]
+
+
+def _config():
+  """FLAGS as a config, for the 1-process reference run in this process."""
+  config = stage_test_config("finetune")
+  config.finetune.update(inits=("aligned",), label_fractions=(1.0,))
+  config.mesh.shape.fsdp = 2
+  return config
 
 
 def _command(workdir, *extra):
@@ -54,9 +65,10 @@ def _assert_same_params(one, two, stage):
 
 
 def test_two_processes_match_one_process(tmp_path):
-  single = subprocess.run(_command(tmp_path / "one"), cwd=REPO, env=subprocess_env(4),
-                          capture_output=True, text=True, timeout=600)
-  assert single.returncode == 0, single.stderr[-3000:]
+  # The reference: one process driving 4 devices (this one, on 4 of its 8 simulated devices).
+  config = _config()
+  orchestrate.run(config, str(tmp_path / "one"),
+                  mesh=mesh_lib.make_mesh(config.mesh, jax.devices()[:4]))
 
   port = _free_port()
   procs = [subprocess.Popen(_command(tmp_path / "two", f"--coordinator_address=localhost:{port}",

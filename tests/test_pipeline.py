@@ -61,7 +61,7 @@ def test_cohort_splits_by_subject_and_matches_simulator(dataset):
   # Each stored example is exactly what the simulator makes for that subject.
   batch, _ = next(pipeline.eval_batches(directory, "train", ("subject_id", "cmr", "phenotypes"), 4))
   index = int(bytes(batch["subject_id"][0]).decode().split("-")[1])
-  ex = cohort.simulate_example(index, 0, 10, 16)
+  ex = cohort.simulate_example(index, 0, config.data.cmr_frames, config.data.cmr_size)
   np.testing.assert_array_equal(batch["cmr"][0], ex["cmr"])
   np.testing.assert_array_equal(batch["phenotypes"][0], ex["phenotypes"])
   train = np.stack([b["phenotypes"][i] for b, v in pipeline.eval_batches(

@@ -34,12 +34,13 @@ def choose_method(methods, name=None):
 class Screener:
   """`predict(ecg, lead_mask)` -> phenotypes, disease probabilities; `generate(...)` -> cines.
 
-  The method is read from the finetune stage's hand-off (its best checkpoint and thresholds);
-  the generator from the mar stage, with the VAE and ECG encoder its tokens were made with.
+  The method is read from the finetune stage's hand-off in `workdir` (its best checkpoint and
+  thresholds); the generator from the mar stage of `generator_workdir` (default: `workdir`), with
+  the VAE and ECG encoder its tokens were made with.
   """
 
-  def __init__(self, workdir, method=None, generate=True):
-    self.workdir = workdir
+  def __init__(self, workdir, method=None, generate=True, generator_workdir=None):
+    self.workdir, self.generator_workdir = workdir, generator_workdir or workdir
     if not workdir.finished("finetune"):
       raise SystemExit(f"No finished finetune stage in {workdir.root}: run `python -m "
                        f"cardionets_jax.main --config=configs/finetune.py --workdir={workdir.root}`")
@@ -70,7 +71,7 @@ class Screener:
 
   def _load_generator(self):
     import orbax.checkpoint as ocp
-    workdir = self.workdir
+    workdir = self.generator_workdir
     if not workdir.finished("mar"):
       raise SystemExit(f"No finished mar stage in {workdir.root}: run it, or pass --no-generate")
     mar_ref = workdir.checkpoints("mar")
