@@ -2,9 +2,13 @@
 
 import os
 
+# The suite's programs are tiny: compiling them dominates, so LLVM's optimisation passes are
+# skipped (about a third less CPU), in this process and in the children the tests start.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
 # Must precede the first use of jax: every test sees 8 CPU devices and picks
 # the ones it needs.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {TEST_XLA_FLAGS}"
                            " --xla_force_host_platform_device_count=8").strip()
 
 import jax  # noqa: E402
@@ -105,9 +109,9 @@ def subprocess_env(devices=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS
   if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
   return env
 
 

@@ -33,7 +33,6 @@ def test_a_real_sweep_runs_skips_and_gathers(tmp_path, capsys, monkeypatch):
   from tests.conftest import subprocess_env
   for key, value in subprocess_env().items():  # the runs use the real CPU and the suite's cache
     monkeypatch.setenv(key, value)
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
   fixed = ["train.num_steps=2", "train.log_every=1"]
   args = ["--config=configs/mae.py:variant=test", f"--root={tmp_path}", "--grid=train.lr=1e-3",
           "--seeds=0,1"] + [f"--set={s}" for s in fixed]
