@@ -113,21 +113,6 @@ def abstract_state(init_params: Callable, tx, seed, mesh, rules, init_frozen: Ca
   return abstract, shardings, boxed_state
 
 
-def create_state(init_params: Callable, tx, seed, mesh, rules, init_frozen: Callable = None):
-  """Initialises the state directly into its shardings.
-
-  `init_params(rng)` returns params boxed with logical axes. The state is
-  traced with `jax.eval_shape` (nothing allocated), its shardings derived from
-  the boxes, and built by a jit with those out_shardings: no host ever holds
-  the whole model. Returns (state, state_shardings, abstract_boxed_params).
-  """
-  abstract, shardings, boxed_state = abstract_state(init_params, tx, seed, mesh, rules, init_frozen)
-  with mesh_lib.active(mesh, rules):
-    state = jax.jit(lambda r: nn.unbox(boxed_state(r)), out_shardings=shardings)(
-        jax.random.PRNGKey(seed))
-  return state, shardings, abstract.params
-
-
 def param_count(tree):
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 

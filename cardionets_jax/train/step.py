@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cardionets_jax.train import mesh as mesh_lib
 
 
 def split_microbatches(x, num):
@@ -64,10 +63,3 @@ def make_train_step(loss_fn, tx, schedule, grad_accum_steps=1):
 
 def constrain_batch(x):
   return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
-
-
-def jit_train_step(step, state_shardings, mesh, rules, batch_ndims):
-  """jax.jit with explicit in/out shardings and the state donated."""
-  batch_shardings = {k: mesh_lib.batch_sharding(mesh, rules, nd) for k, nd in batch_ndims.items()}
-  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
-                 out_shardings=(state_shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
