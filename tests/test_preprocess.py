@@ -1,5 +1,7 @@
 """Tests of cardionets_jax.data.preprocess against scipy and analytic signals."""
 
+import fractions
+
 import numpy as np
 import pytest
 from scipy import signal as sps
@@ -72,8 +74,11 @@ def test_bandpass_rejects_low_rates_and_short_signals():
 # Resampling
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fs_in", [500, 1000, 360])
+@pytest.mark.parametrize("fs_in", [500, 1000, 360, 2048, 4096])
 def test_resample_sine_matches_analytic(fs_in):
+  # Output sample k lies at k / 250 s exactly, whatever the integer input rate: a rate error of
+  # 9.9 ppm (2048 Hz by a 99/811 approximation) would move the last samples by 1e-4 s, 3e-3 in
+  # value here.
   t = np.arange(10 * fs_in) / fs_in
   x = np.stack([np.sin(2 * np.pi * 5 * t), np.cos(2 * np.pi * 3 * t)])
   y = pp.resample(x, fs_in, 250)
@@ -88,8 +93,13 @@ def test_resample_identity_and_ratio():
   y = pp.resample(x, 250, 250)
   assert y is not x
   np.testing.assert_array_equal(y, x)
-  assert pp._rational(500, 250) == (1, 2) and pp._rational(1000, 250) == (1, 4)
-  assert pp._rational(360, 250) == (25, 36) and pp._rational(128, 250) == (125, 64)
+  assert pp.rational_ratio(500, 250) == (1, 2, 0.0) and pp.rational_ratio(1000, 250) == (1, 4, 0.0)
+  assert pp.rational_ratio(360, 250) == (25, 36, 0.0) and pp.rational_ratio(128, 250) == (125, 64, 0.0)
+  for fs in (2048, 4096, 1024, 977, 8000):   # any integer rate: the exact ratio
+    up, down, error = pp.rational_ratio(fs, 250)
+    assert fractions.Fraction(up, down) == fractions.Fraction(250, fs) and error == 0.0
+  up, down, error = pp.rational_ratio(499.7, 250)   # fractional: nearest ratio, error reported
+  assert down <= 1000 and abs(error - 1e6 * ((up / down) / (250 / 499.7) - 1)) < 1e-9
   assert pp.resample(x, 500, 250).shape == (12, 1250)
 
 

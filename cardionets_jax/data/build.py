@@ -1,264 +1,231 @@
 """Builds a dataset from a manifest of real records.
 
   python -m cardionets_jax.data.build --manifest=cohort.csv --out=DIR \
-      --phenotypes=lvedv:mL,lvef:% --labels=cardiomyopathy
+      --phenotypes=lvedv:mL:20:500,lvef:% --labels=cardiomyopathy [--overwrite]
 
 Manifest columns: `subject_id`, `ecg_path`, optional `cmr_path` and `ecg_fs`
 (for .npy/.csv ECGs), and the phenotype and label columns named by the flags
-(empty cells are missing values). Relative paths are taken from the manifest's
-folder (or --base_dir). Every row is reported in DIR/report.json as kept (with
-its split) or rejected (with its reason); nothing is dropped silently.
+(empty cells are missing values); the file is read by `manifest.read`. Relative
+paths are taken from the manifest's folder (or --base_dir). Every row is
+reported in DIR/report.json as kept (with its split and the flags that did not
+reject it) or rejected (with its reason code); nothing is dropped silently.
+
+The build is a transaction: it writes into a staging folder inside DIR and
+replaces DIR's content only when the dataset is complete, so a failed build
+leaves an earlier dataset as it was, and a rebuild never keeps stale data. DIR
+may hold an earlier build; anything else needs --overwrite.
 """
 
 import collections
-import csv
 import dataclasses
 import json
 import logging
-import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
-from typing import Optional
 
-import numpy as np
 from absl import app
 from absl import flags
 
+from cardionets_jax.data import manifest as manifest_lib
 from cardionets_jax.data import preprocess
-from cardionets_jax.data import readers
 from cardionets_jax.data import records
+from cardionets_jax.data.build_rows import (REQUIRED_COLUMNS, BuildConfig, RowWorker,
+                                            parse_columns, plan_rows)
+from cardionets_jax.data.manifest import ManifestError
 
-REQUIRED_COLUMNS = ("subject_id", "ecg_path")
-
-
-class ManifestError(ValueError):
-  """The manifest as a whole is unusable (no rows, missing columns...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class BuildConfig:
-  phenotypes: tuple = ()          # (column, unit) pairs
-  labels: tuple = ()              # column names
-  ecg: preprocess.EcgConfig = preprocess.EcgConfig()
-  cmr: preprocess.CmrConfig = preprocess.CmrConfig()
-  ecg_fs: Optional[float] = None  # for .npy/.csv ECGs without an `ecg_fs` column
-  val_fraction: float = 0.1
-  test_fraction: float = 0.15
+BUILDER = "cardionets_jax.data.build"
+REPORT, FAILED_REPORT = "report.json", "report.failed.json"
+_STAGING, _PREVIOUS = ".building-", ".previous-"
+WRITE_ORDER = ("test", "val", "train")  # small splits first: an empty one costs little to redo
 
 
-@dataclasses.dataclass(frozen=True)
-class RowTask:
-  row: int                        # manifest line number (the header is line 1)
-  subject_id: str
-  ecg_path: str
-  cmr_path: Optional[str]
-  ecg_fs: Optional[float]
-  phenotypes: np.ndarray
-  labels: np.ndarray
+class OutputError(ValueError):
+  """--out cannot take the dataset (a file, or a folder holding something else)."""
 
 
-@dataclasses.dataclass
-class RowResult:
-  row: int
-  subject_id: str
-  status: str                     # "kept" or "rejected"
-  split: Optional[str] = None
-  reason: Optional[str] = None
-  message: Optional[str] = None
-  file: Optional[str] = None
-  checks: Optional[dict] = None
+class BuildFailed(RuntimeError):
+  """The manifest was read but no usable dataset follows (no training subject kept)."""
 
 
-def parse_columns(spec):
-  """'lvedv:mL,lvef:%' -> (('lvedv', 'mL'), ('lvef', '%'))."""
-  out = []
-  for item in filter(None, (s.strip() for s in (spec or "").split(","))):
-    name, _, unit = item.partition(":")
-    out.append((name.strip(), unit.strip()))
-  return tuple(out)
+class _EmptySplit(Exception):
+  def __init__(self, split):
+    super().__init__(split)
+    self.split = split
 
 
-def read_manifest(path, config):
-  """Rows as dicts; raises ManifestError if the manifest cannot be used at all."""
-  if not os.path.exists(path):
-    raise ManifestError(f"Manifest {path} does not exist")
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    columns = reader.fieldnames or []
-    rows = list(reader)
-  needed = list(REQUIRED_COLUMNS) + [c for c, _ in config.phenotypes] + list(config.labels)
-  missing = [c for c in needed if c not in columns]
-  if missing:
-    raise ManifestError(f"Manifest {path} lacks the column(s) {missing}; it has {columns}")
-  if not rows:
-    raise ManifestError(f"Manifest {path} has no rows")
-  return rows
+def _is_previous_build(out, names):
+  """Whether `out` holds only what an earlier build wrote."""
+  ours = {records.NAME, REPORT, FAILED_REPORT}
+  if not set(names) <= ours:
+    return False
+  if REPORT not in names and FAILED_REPORT not in names:
+    return False
+  name = REPORT if REPORT in names else FAILED_REPORT
+  try:
+    with open(os.path.join(out, name)) as f:
+      return json.load(f).get("builder") == BUILDER
+  except (OSError, ValueError, AttributeError):
+    return False
 
 
-def _resolve(base_dir, path):
-  path = (path or "").strip()
-  if not path:
-    return None
-  return path if os.path.isabs(path) else os.path.join(base_dir, path)
+def prepare_out(out, overwrite=False):
+  """Checks --out and returns a fresh staging folder inside it (removing stale ones)."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise OutputError(f"--out {out} is a file, not a folder")
+  os.makedirs(out, exist_ok=True)
+  names = sorted(os.listdir(out))
+  for name in [n for n in names if n.startswith((_STAGING, _PREVIOUS))]:
+    shutil.rmtree(os.path.join(out, name))   # an interrupted build's leftovers
+  names = [n for n in names if not n.startswith((_STAGING, _PREVIOUS))]
+  if names and not overwrite and not _is_previous_build(out, names):
+    raise OutputError(f"--out {out} is not empty and holds no earlier build ({names[:5]}"
+                      f"{' ...' if len(names) > 5 else ''}): pass --overwrite to replace it")
+  staging = os.path.join(out, f"{_STAGING}{os.getpid()}")
+  os.makedirs(staging)
+  return staging
 
 
-def plan_rows(rows, config, base_dir):
-  """Checks what can be checked without opening files.
+def swap_in(out, staging):
+  """Replaces what `out` held by the staging folder's content (all within `out`)."""
+  previous = os.path.join(out, f"{_PREVIOUS}{os.getpid()}")
+  os.makedirs(previous)
+  for name in os.listdir(out):
+    if not name.startswith((_STAGING, _PREVIOUS)):
+      os.rename(os.path.join(out, name), os.path.join(previous, name))
+  for name in os.listdir(staging):
+    os.rename(os.path.join(staging, name), os.path.join(out, name))
+  shutil.rmtree(previous)
+  shutil.rmtree(staging)
 
-  Returns (tasks, rejected): one RowTask per row still in the running and a
-  RowResult for each row rejected here (bad values, duplicate ids).
+
+def _holds_dataset(out):
+  try:
+    records.dataset_dir(out)
+    return True
+  except FileNotFoundError:
+    return False
+
+
+def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_shards=None,
+          overwrite=False):
+  """Builds the dataset into `out` as a transaction; returns the report (out/report.json).
+
+  The dataset is written to a staging folder inside `out` and replaces what `out` held only when
+  complete. A manifest that cannot be used, or rows that leave no training subject, raise
+  ManifestError / BuildFailed after writing the report of what was seen: as out/report.json when
+  `out` held no dataset, else as out/report.failed.json beside the untouched earlier dataset.
   """
-  tasks, rejected, first_row = [], [], {}
-  for i, row in enumerate(rows):
-    line = i + 2
-    sid = (row.get("subject_id") or "").strip()
-    reject = lambda reason, message, file=None: rejected.append(
-        RowResult(line, sid, "rejected", reason=reason, message=message, file=file))
-    if not sid:
-      reject("missing_subject_id", f"row {line}: empty subject_id")
-      continue
-    if sid in first_row:
-      reject("duplicate_subject", f"row {line}: subject {sid} already on row {first_row[sid]}")
-      continue
-    first_row[sid] = line
-    try:
-      phenotypes = np.array([_number(row[c], c, line) for c, _ in config.phenotypes], np.float32)
-      labels = np.array([_label(row[c], c, line) for c in config.labels], np.int8)
-      ecg_fs = _number(row.get("ecg_fs", ""), "ecg_fs", line)
-    except readers.RecordError as e:
-      reject(e.reason, str(e))
-      continue
-    ecg_path = _resolve(base_dir, row.get("ecg_path"))
-    if ecg_path is None:
-      reject("missing_file", f"row {line}: empty ecg_path")
-      continue
-    tasks.append(RowTask(line, sid, ecg_path, _resolve(base_dir, row.get("cmr_path")),
-                         None if math.isnan(ecg_fs) else ecg_fs, phenotypes, labels))
-  return tasks, rejected
-
-
-def _number(value, column, line):
-  value = (value or "").strip()
-  if not value:
-    return float("nan")
-  try:
-    x = float(value)
-  except ValueError:
-    raise readers.RecordError("bad_phenotype" if column != "ecg_fs" else "sampling_rate",
-                              f"row {line}: column {column!r} holds {value!r}, not a number")
-  if not math.isfinite(x):
-    raise readers.RecordError("bad_phenotype", f"row {line}: column {column!r} holds {value!r}")
-  return x
-
-
-def _label(value, column, line):
-  value = (value or "").strip()
-  if not value:
-    return -1
-  if value not in ("0", "1", "0.0", "1.0"):
-    raise readers.RecordError("bad_label", f"row {line}: label {column!r} holds {value!r}, not 0/1")
-  return int(float(value))
-
-
-def process_row(task, config):
-  """Reads and preprocesses one row's files -> (example or None, RowResult)."""
-  result = RowResult(task.row, task.subject_id, "kept")
-  try:
-    result.file = task.ecg_path
-    ecg_record = readers.read_ecg(task.ecg_path, fs=task.ecg_fs or config.ecg_fs)
-    ecg, lead_mask, checks = preprocess.preprocess_ecg(ecg_record, config.ecg)
-    size = config.cmr.size
-    cmr = records.empty_cmr(size)
-    if task.cmr_path:
-      result.file = task.cmr_path
-      cmr = preprocess.preprocess_cmr(readers.read_cmr(task.cmr_path), config.cmr, path=task.cmr_path)
-  except readers.RecordError as e:
-    result.status, result.reason, result.message = "rejected", e.reason, f"row {task.row}: {e}"
-    return None, result
-  except Exception as e:  # a reader bug or an exotic file must not stop the build
-    result.status, result.reason = "rejected", "unreadable"
-    result.message = f"row {task.row}: {result.file}: {type(e).__name__}: {e}"
-    return None, result
-  result.file = None
-  result.checks = _jsonable(checks)
-  example = dict(subject_id=task.subject_id, ecg=ecg.astype(np.float32),
-                 lead_mask=lead_mask.astype(np.uint8), cmr=cmr, has_cmr=np.uint8(bool(task.cmr_path)),
-                 phenotypes=task.phenotypes, labels=task.labels)
-  return example, result
-
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  return x
-
-
-class _RowWorker:
-  """Picklable callable for the worker pool."""
-
-  def __init__(self, config):
-    self.config = config
-
-  def __call__(self, task):
-    return process_row(task, self.config)
-
-
-def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_shards=None):
-  """Builds the dataset; returns the report (also written to out/report.json)."""
   start = time.time()
-  base_dir = base_dir or os.path.dirname(os.path.abspath(manifest))
-  rows = read_manifest(manifest, config)
-  tasks, results = plan_rows(rows, config, base_dir)
+  out = os.path.abspath(out)
+  staging = prepare_out(out, overwrite)
+  results, error, manifest_info = [], None, {}
+  try:
+    table = manifest_lib.read(manifest, REQUIRED_COLUMNS + tuple(
+        c[0] for c in config.phenotypes) + tuple(config.labels))
+    manifest_info = dict(encoding=table.encoding, warnings=table.warnings)
+    for warning in table.warnings:
+      logging.warning("%s", warning)
+    tasks, results = plan_rows(table.rows, config, base_dir or os.path.dirname(
+        os.path.abspath(manifest)))
+    results += _write(manifest, staging, tasks, config, workers, num_shards)
+  except (ManifestError, BuildFailed) as e:
+    error = e
+  results.sort(key=lambda r: r.row)
+  report = make_report(manifest, out, results, time.time() - start, config, manifest_info, error)
+  if error is None:
+    _write_json(os.path.join(staging, REPORT), report)
+    swap_in(out, staging)
+    return report
+  shutil.rmtree(staging)
+  path = os.path.join(out, FAILED_REPORT if _holds_dataset(out) else REPORT)
+  _write_json(path, report)
+  error.report, error.report_path = report, path
+  raise error
+
+
+def _write_json(path, data):
+  with open(path, "w") as f:
+    json.dump(data, f, indent=2)
+
+
+def _write(manifest, staging, tasks, config, workers, num_shards):
+  """Processes and writes the rows by split; returns their results. A split whose every row is
+  rejected is left out (TFDS cannot write an empty split) and the smaller splits redone."""
   by_split = collections.defaultdict(list)
   for task in tasks:
     by_split[records.split_of(task.subject_id.encode(), config.val_fraction,
                               config.test_fraction)].append(task)
   meta = records.DatasetMeta(
-      phenotype_names=[c for c, _ in config.phenotypes],
-      phenotype_units=[u for _, u in config.phenotypes], label_names=list(config.labels),
+      phenotype_names=[c[0] for c in config.phenotypes],
+      phenotype_units=[c[1] for c in config.phenotypes], label_names=list(config.labels),
       shapes=dict(ecg=[records.NUM_LEADS, int(round(config.ecg.fs * config.ecg.seconds))],
                   cmr=[config.cmr.frames, config.cmr.size, config.cmr.size]),
       source=os.path.abspath(manifest))
   workers = workers or os.cpu_count() or 1
-  os.makedirs(out, exist_ok=True)
-  logging.info("Building %s from %d manifest rows with %d worker(s)", out, len(rows), workers)
+  logging.info("Building %s from %d rows with %d worker(s)", staging, len(tasks), workers)
+  splits = [s for s in WRITE_ORDER if by_split[s]]
+  empty = {}
+  pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+  try:
+    while True:
+      if "train" not in splits:
+        raise BuildFailed("no row of the train split was kept: the dataset would have no "
+                          "training subject (see the rejections in the report)")
+      split_results = {s: [] for s in splits}
+      try:
+        records.write_dataset(staging, {s: _examples(s, by_split[s], config, pool, split_results[s])
+                                        for s in splits}, meta, num_shards=num_shards)
+        break
+      except _EmptySplit as e:
+        logging.warning("No row of the %s split was kept: it is left out of the dataset", e.split)
+        empty[e.split] = split_results[e.split]
+        splits.remove(e.split)
+        for name in os.listdir(staging):
+          shutil.rmtree(os.path.join(staging, name))
+  finally:
+    if pool is not None:
+      pool.close()
+  return [r for rs in list(split_results.values()) + list(empty.values()) for r in rs]
 
-  def examples_of(split, pool):
-    def generate():
-      for example, result in pool.imap(_RowWorker(config), by_split[split], chunksize=4):
-        result.split = split if example is not None else None
-        results.append(result)
-        if example is not None:
-          yield example
-        else:
-          logging.warning("Rejected %s", result.message)
-    return generate
 
-  with multiprocessing.get_context("spawn").Pool(workers) as pool:
-    records.write_dataset(out, {s: examples_of(s, pool) for s in records.SPLITS if by_split[s]},
-                          meta, num_shards=num_shards)
-  results.sort(key=lambda r: r.row)
-  report = make_report(manifest, out, results, time.time() - start)
-  with open(os.path.join(out, "report.json"), "w") as f:
-    json.dump(report, f, indent=2)
-  return report
+def _examples(split, tasks, config, pool, results):
+  """A generator function over the split's kept examples, recording every row's result."""
+  def generate():
+    worker = RowWorker(config)
+    kept = 0
+    stream = pool.imap(worker, tasks, chunksize=4) if pool is not None else map(worker, tasks)
+    for example, result in stream:
+      result.split = split if example is not None else None
+      results.append(result)
+      if example is None:
+        logging.warning("Rejected %s", result.message)
+        continue
+      kept += 1
+      yield example
+    if not kept:
+      raise _EmptySplit(split)
+  return generate
 
 
-def make_report(manifest, out, results, seconds):
+def make_report(manifest, out, results, seconds, config, manifest_info, error=None):
   kept = [r for r in results if r.status == "kept"]
   rejected = [r for r in results if r.status == "rejected"]
+  flags = collections.Counter(f["code"] for r in kept for f in (r.checks or {}).get("flags", []))
+  ranges = config.phenotype_ranges()
   return dict(
-      manifest=os.path.abspath(manifest), dataset=records.dataset_dir(out),
+      builder=BUILDER, manifest=os.path.abspath(manifest),
+      dataset=os.path.join(out, records.NAME, records.VERSION) if error is None else None,
+      error=None if error is None else str(error),
       rows=len(results), kept=len(kept), rejected=len(rejected),
       kept_by_split=dict(collections.Counter(r.split for r in kept)),
       rejected_by_reason=dict(collections.Counter(r.reason for r in rejected)),
-      seconds=round(seconds, 1),
+      flagged_by_code=dict(flags),
+      phenotype_ranges={c[0]: dict(unit=c[1], range=None if ranges[c[0]] is None
+                                   else list(ranges[c[0]])) for c in config.phenotypes},
+      **manifest_info, seconds=round(seconds, 1),
       details=[{k: v for k, v in dataclasses.asdict(r).items() if v is not None} for r in results])
 
 
@@ -268,13 +235,18 @@ def summary(report):
            f"{report['rejected']} rejected"]
   for reason, n in sorted(report["rejected_by_reason"].items(), key=lambda x: -x[1]):
     lines.append(f"  {reason}: {n}")
-  lines.append(f"dataset: {report['dataset']}")
+  for code, n in sorted(report["flagged_by_code"].items(), key=lambda x: -x[1]):
+    lines.append(f"  kept with flag {code}: {n}")
+  lines += [f"warning: {w}" for w in report.get("warnings", [])]
+  lines.append(f"error: {report['error']}" if report["error"] else f"dataset: {report['dataset']}")
   return "\n".join(lines)
 
 
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest, one row per subject.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
-_PHENOTYPES = flags.DEFINE_string("phenotypes", "", "Phenotype columns as name:unit,name:unit.")
+_PHENOTYPES = flags.DEFINE_string(
+    "phenotypes", "", "Phenotype columns as name:unit or name:unit:low:high (the plausible range; "
+    "default by unit: build_rows.DEFAULT_RANGES), comma-separated.")
 _LABELS = flags.DEFINE_string("labels", "", "Label columns (0/1), comma-separated.")
 _BASE_DIR = flags.DEFINE_string("base_dir", None, "Root of relative paths (default: the manifest's folder).")
 _ECG_FS = flags.DEFINE_float("ecg_fs", None, "Sampling rate of .npy/.csv ECGs without an ecg_fs column.")
@@ -287,25 +259,36 @@ _VAL = flags.DEFINE_float("val_fraction", 0.1, "Fraction of subjects in val.")
 _TEST = flags.DEFINE_float("test_fraction", 0.15, "Fraction of subjects in test.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Worker processes (default: all cores).")
 _STRICT = flags.DEFINE_bool("strict", False, "Exit non-zero if any row is rejected.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out that holds no earlier build.")
 
 
 def main(argv):
+  """Exit status: 0 built, 1 built with rejections under --strict or no training subject kept,
+  2 an unusable manifest, --out or flag."""
   del argv
   logging.getLogger().setLevel(logging.INFO)
-  config = BuildConfig(
-      phenotypes=parse_columns(_PHENOTYPES.value), labels=tuple(c for c, _ in parse_columns(_LABELS.value)),
-      ecg=preprocess.EcgConfig(seconds=_SECONDS.value, min_seconds=_MIN_SECONDS.value,
-                               allow_missing_leads=_ALLOW_MISSING.value),
-      cmr=dataclasses.replace(preprocess.CmrConfig(), frames=_FRAMES.value, size=_SIZE.value),
-      ecg_fs=_ECG_FS.value, val_fraction=_VAL.value, test_fraction=_TEST.value)
   try:
-    report = build(_MANIFEST.value, _OUT.value, config, base_dir=_BASE_DIR.value,
-                   workers=_WORKERS.value)
-  except ManifestError as e:
+    config = BuildConfig(
+        phenotypes=parse_columns(_PHENOTYPES.value),
+        labels=tuple(c[0] for c in parse_columns(_LABELS.value)),
+        ecg=preprocess.EcgConfig(seconds=_SECONDS.value, min_seconds=_MIN_SECONDS.value,
+                                 allow_missing_leads=_ALLOW_MISSING.value),
+        cmr=dataclasses.replace(preprocess.CmrConfig(), frames=_FRAMES.value, size=_SIZE.value),
+        ecg_fs=_ECG_FS.value, val_fraction=_VAL.value, test_fraction=_TEST.value)
+  except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  try:
+    report = build(_MANIFEST.value, _OUT.value, config, base_dir=_BASE_DIR.value,
+                   workers=_WORKERS.value, overwrite=_OVERWRITE.value)
+  except (ManifestError, BuildFailed, OutputError) as e:
+    if hasattr(e, "report"):
+      print(summary(e.report))
+      print(f"report: {e.report_path}")
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1 if isinstance(e, BuildFailed) else 2)
   print(summary(report))
-  print(f"report: {os.path.join(_OUT.value, 'report.json')}")
+  print(f"report: {os.path.join(_OUT.value, REPORT)}")
   if _STRICT.value and report["rejected"]:
     sys.exit(1)
 

@@ -177,18 +177,22 @@ _WFDB_BYTES = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, 
                "212": 1.5, "310": 4.0 / 3.0, "311": 4.0 / 3.0}
 
 
-def _wfdb_header_fs_given(hea_path):
-  """Whether the record line of a WFDB header states a sampling frequency (WFDB defaults to 250)."""
+def _wfdb_header_fs(hea_path):
+  """The sampling-frequency field of a WFDB header's record line as written (its number before
+  any `/counter` or `(base)`), or None when the line states none (WFDB then defaults to 250)."""
   with open(hea_path, "r", errors="replace") as f:
     for line in f:
       line = line.strip()
       if line and not line.startswith("#"):
-        return len(line.split()) >= 3
-  return False
+        fields = line.split()
+        return fields[2].split("/")[0].split("(")[0] if len(fields) >= 3 else None
+  return None
 
 
 def _read_wfdb(record, shown, fs, strict_fs=False):
   header, fs_stated = _read_wfdb_header(record, shown)
+  if fs_stated is not None:  # wfdb reads a rate of -500 as its 250 Hz default: check the text
+    fs_stated = _check_fs(shown, fs_stated, "the WFDB header")
   directory = os.path.dirname(record)
   files = _wfdb_signal_files(header, directory, shown)
   sig_len = header.sig_len
@@ -209,21 +213,21 @@ def _read_wfdb(record, shown, fs, strict_fs=False):
     if scale is None:
       _fail("unreadable", shown, f"signal {name!r} is in units {unit!r}, not a voltage")
     scales.append(scale)
-  file_fs = float(rec.fs) if fs_stated else None
+  file_fs = fs_stated
   fs_out = _reconcile_fs(shown, file_fs, fs, strict_fs)
   signal = np.asarray(sig, np.float64).T * np.asarray(scales)[:, None]
   return EcgRecord(signal=np.ascontiguousarray(signal), fs=fs_out, leads=leads, path=shown)
 
 
 def _read_wfdb_header(record, shown):
-  """The parsed header of `record`, and whether it states a sampling rate."""
+  """The parsed header of `record`, and the sampling rate its text states (None: none)."""
   import wfdb  # pylint: disable=import-outside-toplevel
 
   hea = record + ".hea"
   if not os.path.isfile(hea):
     _fail("missing_file", shown, f"WFDB header {os.path.basename(hea)} not found")
   try:
-    return wfdb.rdheader(record), _wfdb_header_fs_given(hea)
+    return wfdb.rdheader(record), _wfdb_header_fs(hea)
   except Exception as e:  # pylint: disable=broad-except
     _fail("unreadable", shown, f"cannot parse WFDB header {hea}: {type(e).__name__}: {e}")
 

@@ -40,25 +40,34 @@ def _where(path):
 # ECG
 # ------------------------------------------------------------------------------------------------
 
-def _rational(fs_in, fs_out):
-  frac = fractions.Fraction(float(fs_out) / float(fs_in)).limit_denominator(1000)
-  return frac.numerator, frac.denominator
+def rational_ratio(fs_in, fs_out):
+  """(up, down, rate error in ppm): the rational up / down that resampling by fs_out / fs_in uses.
+
+  Exact (error 0) for integer rates, whatever they are (2048 -> 250 is 125/1024); a fractional
+  rate gets the nearest ratio with a denominator up to 1000, and its error is reported.
+  """
+  if float(fs_in).is_integer() and float(fs_out).is_integer():
+    frac = fractions.Fraction(int(fs_out), int(fs_in))
+  else:
+    frac = fractions.Fraction(float(fs_out) / float(fs_in)).limit_denominator(1000)
+  error = (frac.numerator / frac.denominator) / (float(fs_out) / float(fs_in)) - 1.0
+  return frac.numerator, frac.denominator, 1e6 * error
 
 
 def resample(signal, fs_in, fs_out=TARGET_FS) -> np.ndarray:
-  """Polyphase resampling along the last axis by the rational up/down nearest fs_out / fs_in.
+  """Polyphase resampling along the last axis by the rational up/down of `rational_ratio`.
 
-  `up/down = Fraction(fs_out / fs_in).limit_denominator(1000)` (exact for the usual rates: 500 ->
-  250 is 1/2, 1000 -> 250 is 1/4, 360 -> 250 is 25/36). Output sample k is at time k / fs_out.
-  The signal is extended by a line through its end points ("line" padding), which keeps the anti-
-  aliasing filter from ringing at the ends. Identity (a float64 copy) when the rates are equal.
+  Exact for every integer rate (500 -> 250 is 1/2, 360 -> 250 is 25/36, 2048 -> 250 is
+  125/1024). Output sample k is at time k / fs_out. The signal is extended by a line through its
+  end points ("line" padding), which keeps the anti-aliasing filter from ringing at the ends.
+  Identity (a float64 copy) when the rates are equal.
   """
   x = np.asarray(signal, np.float64)
   if not (np.isfinite(fs_in) and np.isfinite(fs_out) and fs_in > 0 and fs_out > 0):
     raise ValueError(f"bad sampling rates fs_in={fs_in}, fs_out={fs_out}")
   if float(fs_in) == float(fs_out):
     return x.copy()
-  up, down = _rational(fs_in, fs_out)
+  up, down, _ = rational_ratio(fs_in, fs_out)
   if up == down:
     return x.copy()
   return sps.resample_poly(x, up, down, axis=-1, padtype="line")
@@ -157,7 +166,14 @@ def _runs(bad):
   return list(zip(starts.tolist(), (ends - starts).tolist()))
 
 
+# Amplitude limits of an ECG in mV: the median absolute deviation of a lead is ~0.02-0.3 mV and
+# QRS peaks stay below ~10 mV; microvolts or ADC counts are 100-1000x larger.
+MAX_MEDIAN_MV = 2.0
+MAX_PEAK_MV = 30.0
+
+
 def check_ecg(signal, fs, *, fs_range=(50.0, 5000.0), max_nonfinite_run=0, flat_std_mv=0.005,
+              max_median_mv=MAX_MEDIAN_MV, max_peak_mv=MAX_PEAK_MV, saturation_s=0.04,
               path="", leads=None) -> dict:
   """Quality checks of a raw (n_leads, T) ECG in mV; raises RecordError or returns flags.
 
@@ -167,6 +183,11 @@ def check_ecg(signal, fs, *, fs_range=(50.0, 5000.0), max_nonfinite_run=0, flat_
     linearly interpolated from their finite neighbours (held constant at the record ends) and
     reported in `interpolated_runs` as (lead, start, length).
   * "flat_lead": a lead whose standard deviation is below `flat_std_mv` (named, with its std).
+  * "amplitude_units": amplitudes no ECG in mV has: a median over leads of the median absolute
+    deviation from the lead's median above `max_median_mv`, or a peak deviation above
+    `max_peak_mv` (microvolts or raw ADC counts labelled mV).
+  * flag "saturated" (kept, listed in "flags"): a run of at least `saturation_s` seconds held at
+    a lead's extreme value, away from its baseline: the amplifier's or the ADC's limit.
 
   Returns {"signal": the repaired float64 copy, "n_nonfinite", "n_interpolated",
   "interpolated_runs", "lead_std_mv", "min_lead_std_mv", "max_abs_mv"}; everything but "signal"
@@ -203,8 +224,12 @@ def check_ecg(signal, fs, *, fs_range=(50.0, 5000.0), max_nonfinite_run=0, flat_
   if flat:
     raise RecordError("flat_lead", f"{_where(path)}flat lead(s) {', '.join(flat)}: below "
                       f"{flat_std_mv:g} mV")
+  _check_amplitude(x, max_median_mv, max_peak_mv, path, names)
+  saturated = _saturated_runs(x, max(3, int(round(saturation_s * fs))), names)
   return {
       "signal": x,
+      "flags": [dict(code="saturated", lead=lead, start=start, length=length)
+                for lead, start, length in saturated],
       "n_nonfinite": n_nonfinite,
       "n_interpolated": int(sum(n for _, _, n in interpolated)),
       "interpolated_runs": interpolated,
@@ -212,6 +237,30 @@ def check_ecg(signal, fs, *, fs_range=(50.0, 5000.0), max_nonfinite_run=0, flat_
       "min_lead_std_mv": float(std.min()) if std.size else 0.0,
       "max_abs_mv": float(np.abs(x).max()) if x.size else 0.0,
   }
+
+
+def _check_amplitude(x, max_median_mv, max_peak_mv, path, names):
+  deviation = np.abs(x - np.median(x, axis=1, keepdims=True))
+  typical = float(np.median(np.median(deviation, axis=1)))
+  lead, peak = int(np.argmax(deviation.max(axis=1))), float(deviation.max())
+  if typical > max_median_mv or peak > max_peak_mv:
+    raise RecordError("amplitude_units", f"{_where(path)}amplitudes no ECG in mV has (typical "
+                      f"{typical:.3g} mV, peak {peak:.3g} mV in lead {names[lead]}; limits "
+                      f"{max_median_mv:g} and {max_peak_mv:g} mV): microvolts or ADC counts "
+                      "labelled mV?")
+
+
+def _saturated_runs(x, min_run, names):
+  """(lead, start, length) of runs of >= min_run samples held at a lead's max or min, where that
+  extreme is more than a quarter of the lead's range from its median (clipping, not a flat baseline)."""
+  out = []
+  for i, lead in enumerate(x):
+    median, span = np.median(lead), np.ptp(lead)
+    for extreme in (lead.max(), lead.min()):
+      if abs(extreme - median) <= 0.25 * span:
+        continue
+      out += [(names[i], int(s), int(n)) for s, n in _runs(lead == extreme) if n >= min_run]
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +275,8 @@ class EcgConfig:
   fs_range: tuple = (50.0, 5000.0)
   max_nonfinite_run: int = 0
   flat_std_mv: float = 0.005
+  max_median_mv: float = MAX_MEDIAN_MV
+  max_peak_mv: float = MAX_PEAK_MV
 
 
 def preprocess_ecg(record: EcgRecord, cfg: EcgConfig = EcgConfig()
@@ -241,6 +292,7 @@ def preprocess_ecg(record: EcgRecord, cfg: EcgConfig = EcgConfig()
   fs_in = float(record.fs)
   flags = check_ecg(record.signal, fs_in, fs_range=cfg.fs_range,
                     max_nonfinite_run=cfg.max_nonfinite_run, flat_std_mv=cfg.flat_std_mv,
+                    max_median_mv=cfg.max_median_mv, max_peak_mv=cfg.max_peak_mv,
                     path=path, leads=record.leads)
   x = flags.pop("signal")
   n_in = x.shape[1]
@@ -267,6 +319,8 @@ def preprocess_ecg(record: EcgRecord, cfg: EcgConfig = EcgConfig()
       "leads_derived": derived,
       "leads_missing": [l for l, m in zip(STANDARD_LEADS, mask) if not m],
       "resampled": resampled,
+      "resample_ratio": "{}/{}".format(*rational_ratio(fs_in, cfg.fs)[:2]) if resampled else "1/1",
+      "resample_rate_error_ppm": rational_ratio(fs_in, cfg.fs)[2] if resampled else 0.0,
       "n_samples_in": int(n_in),
       "n_samples_resampled": int(n_res),
       "n_cropped": int(max(n_res - length, 0)),

@@ -18,7 +18,6 @@ label names and shapes. Nothing is ever unpickled.
 import dataclasses
 import hashlib
 import os
-import warnings
 from typing import Callable, Iterable
 
 import numpy as np
@@ -97,15 +96,31 @@ def split_of(subject_id: bytes, val_fraction, test_fraction):
   return "val" if u < test_fraction + val_fraction else "train"
 
 
-def phenotype_stats(phenotypes):
-  """Per-phenotype mean and std over rows, ignoring NaN (missing)."""
-  p = np.asarray(phenotypes, np.float64).reshape(-1, np.shape(phenotypes)[-1] if len(phenotypes) else 0)
-  with warnings.catch_warnings(), np.errstate(all="ignore"):
-    warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing phenotype: mean 0, std 1
-    mean = np.nan_to_num(np.nanmean(p, axis=0)) if len(p) else np.zeros(p.shape[1])
-    std = np.nanstd(p, axis=0) if len(p) else np.ones(p.shape[1])
-  std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+def phenotype_stats(phenotypes, num_phenotypes=None):
+  """Per-phenotype mean and std over rows, ignoring NaN (missing) and gross outliers.
+
+  The statistics are those of the values within ROBUST_SDS robust standard deviations (1.4826 x
+  the median absolute deviation) of the median, so one mistyped value cannot set the scale of a
+  whole column; on clean data that is every value. A phenotype with no value gets mean 0, std 1.
+  """
+  p = np.asarray(phenotypes, np.float64)
+  if p.ndim != 2:  # no rows
+    p = p.reshape(len(p), num_phenotypes or 0)
+  mean, std = np.zeros(p.shape[1]), np.ones(p.shape[1])
+  for j in range(p.shape[1]):
+    v = p[np.isfinite(p[:, j]), j]
+    if v.size == 0:
+      continue
+    median = np.median(v)
+    spread = 1.4826 * np.median(np.abs(v - median))
+    if spread > 0:
+      v = v[np.abs(v - median) <= ROBUST_SDS * spread]
+    mean[j] = v.mean()
+    std[j] = v.std() if v.std() > 0 else 1.0
   return mean, std
+
+
+ROBUST_SDS = 6.0
 
 
 class CardionetsDataset(tfds.core.GeneratorBasedBuilder):
@@ -137,8 +152,7 @@ class CardionetsDataset(tfds.core.GeneratorBasedBuilder):
       yield example["subject_id"], example
     self._meta.setdefault("num_with_cmr", {})[split] = with_cmr
     if split == "train":
-      mean, std = phenotype_stats(np.stack(phenotypes) if phenotypes else
-                                  np.zeros((0, len(self._meta["phenotype_names"]))))
+      mean, std = phenotype_stats(phenotypes, len(self._meta["phenotype_names"]))
       self._meta.update(phenotype_mean=mean.tolist(), phenotype_std=std.tolist())
     self.info.metadata.update(self._meta)
 
