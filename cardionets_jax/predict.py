@@ -7,17 +7,22 @@ directory of them, or a manifest CSV with an `ecg_path` column (and
 optionally `subject_id`, `ecg_fs`). DIR is a workdir where finetune (and,
 for the cine, mar) have run. Per record OUT gets <record>.json,
 <record>.nii.gz, <record>.gif and <record>.png; OUT/summary.csv has a row
-per record, failures included. The exit status is 1 when any record failed.
+per record, failures included, named by the unique, file-safe form of each
+id (`workdir.unique_names`). Every file in a directory is a record, read by
+its content. Argument errors (a bad --batch-size, a workdir without the
+stages it needs) stop before any work; a record that cannot be screened is a
+failed row of summary.csv, never the end of the run. The exit status is 1
+when any record failed.
 """
 
 import argparse
 import csv
 import os
 import sys
-import time
 
 import numpy as np
 
+from cardionets_jax.data import manifest as manifest_lib
 from cardionets_jax.data import preprocess
 from cardionets_jax.data import readers
 from cardionets_jax.screening import inputs
@@ -72,46 +77,89 @@ def _screen_batch(screener, chunk, batch_size, seed, out):
 
 
 def _write_summary(path, rows, records):
+  """summary.csv: one row per record, in input order, failures included."""
   order = {r.name: i for i, r in enumerate(records)}
+  ids = {r.name: r.id for r in records}
   rows.sort(key=lambda row: order[row["record"]])
-  columns = list(dict.fromkeys(k for row in rows for k in ("record", "path", "status", "reason", "message")))
-  columns += [k for k in dict.fromkeys(k for row in rows for k in row) if k not in columns]
+  for row in rows:
+    row["id"] = ids[row["record"]]
+  fixed = ("record", "id", "path", "status", "reason", "message")
+  columns = list(fixed) + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in fixed]
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows(rows)
 
 
-def run(args):
-  os.makedirs(args.out, exist_ok=True)
-  records = inputs.find_records(args.ecg, args.fs)
-  if not records:
-    raise SystemExit(f"No ECG records found in {args.ecg}")
-  screener = Screener(Workdir(args.workdir), args.method, generate=not args.no_generate,
-                      generator_workdir=Workdir(args.generator_workdir) if args.generator_workdir
-                      else None)
-  rows, prepared = [], []
+def _failure(record, reason, message):
+  print(f"FAILED {record.name}: {record.path}: {reason}: {message}", file=sys.stderr)
+  return dict(record=record.name, path=record.path, status="failed", reason=reason, message=message)
+
+
+def _prepare_all(records, allow_missing_leads):
+  """(prepared (record, ecg, mask, info) tuples, failure rows): no record stops the others."""
+  prepared, failed = [], []
   for r in records:
     try:
-      prepared.append((r, *inputs.prepare(r, args.allow_missing_leads)))
+      prepared.append((r, *inputs.prepare(r, allow_missing_leads)))
     except readers.RecordError as e:
-      rows.append(dict(record=r.name, path=r.path, status="failed", reason=e.reason, message=str(e)))
-      print(f"FAILED {r.name}: {r.path}: {e.reason}: {e}", file=sys.stderr)
+      failed.append(_failure(r, e.reason, str(e)))
+    except Exception as e:  # a reader bug or an exotic file fails its record, not the run
+      failed.append(_failure(r, "unreadable", f"{r.path}: {type(e).__name__}: {e}"))
+  return prepared, failed
+
+
+def check_args(args):
+  """Every argument error, before any record is read or any model loaded."""
+  if args.batch_size < 1:
+    raise SystemExit(f"--batch-size must be at least 1, not {args.batch_size}")
+  if args.fs is not None and not (np.isfinite(args.fs) and args.fs > 0):
+    raise SystemExit(f"--fs must be a positive sampling rate, not {args.fs}")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise SystemExit(f"--out {args.out} is a file, not a folder")
+  missing = [p for p in args.ecg if not os.path.exists(p) and not os.path.exists(p + ".hea")]
+  if missing and len(missing) == len(args.ecg):
+    raise SystemExit(f"None of the ECG paths exists: {missing}")
+  workdir = Workdir(args.workdir)
+  if not os.path.isdir(workdir.root):
+    raise SystemExit(f"--workdir {workdir.root} does not exist")
+  if not workdir.finished("finetune"):
+    raise SystemExit(f"No finished finetune stage in {workdir.root}: run `python -m "
+                     f"cardionets_jax.main --config=configs/finetune.py --workdir={workdir.root}`")
+  generator = Workdir(args.generator_workdir or args.workdir)
+  if not args.no_generate and not generator.finished("mar"):
+    raise SystemExit(f"No finished mar stage in {generator.root}: run `python -m "
+                     f"cardionets_jax.main --config=configs/mar.py --workdir={generator.root}`, "
+                     "or pass --no-generate")
+
+
+def run(args):
+  """Screens every record; returns the exit status (1 when any record failed)."""
+  check_args(args)
+  try:
+    records = inputs.find_records(args.ecg, args.fs)
+  except manifest_lib.ManifestError as e:
+    raise SystemExit(f"error: {e}") from e
+  os.makedirs(args.out, exist_ok=True)
+  summary = os.path.join(args.out, "summary.csv")
+  prepared, rows = _prepare_all(records, args.allow_missing_leads)
   failures = len(rows)
-  batch_size = args.batch_size
-  progress = metrics_lib.Progress(-(-len(prepared) // batch_size), batch_size)
-  start = time.time()
-  for b, first in enumerate(range(0, len(prepared), batch_size)):
-    rows += _screen_batch(screener, prepared[first:first + batch_size], batch_size, args.seed + b,
-                          args.out)
-    line = progress.update(b + 1)
-    if line:
-      metrics_lib.log("screening batch %s", line.replace("step", "batch"))
-  _write_summary(os.path.join(args.out, "summary.csv"), rows, records)
-  metrics_lib.log("Screened %d record(s) in %.1fs: %d ok, %d failed; wrote %s", len(records),
-                  time.time() - start, len(records) - failures, failures,
-                  os.path.join(args.out, "summary.csv"))
-  return 1 if failures else 0
+  if prepared:
+    screener = Screener(Workdir(args.workdir), args.method, generate=not args.no_generate,
+                        generator_workdir=Workdir(args.generator_workdir) if args.generator_workdir
+                        else None)
+    batch_size = args.batch_size
+    progress = metrics_lib.Progress(-(-len(prepared) // batch_size), batch_size)
+    for b, first in enumerate(range(0, len(prepared), batch_size)):
+      rows += _screen_batch(screener, prepared[first:first + batch_size], batch_size, args.seed + b,
+                            args.out)
+      line = progress.update(b + 1)
+      if line:
+        metrics_lib.log("screening batch %s", line.replace("step", "batch"))
+  _write_summary(summary, rows, records)
+  metrics_lib.log("Screened %d record(s): %d ok, %d failed; wrote %s", len(records),
+                  len(records) - failures, failures, summary)
+  return 1 if failures or not records else 0
 
 
 def parse_args(argv):

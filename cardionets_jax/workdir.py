@@ -26,10 +26,38 @@ def config_digest(config):
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+MAX_NAME = 100
+
+
 def safe_name(name):
-  """A file name made of `name` that cannot leave its folder."""
-  cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).strip(".")
-  return cleaned[:120] or "record"
+  """A file name made of `name` that cannot leave its folder.
+
+  Letters, digits, `-`, `_`, `=` and `.` are kept, anything else (separators, `..`, spaces) becomes
+  `_`, leading dots are dropped and the length is capped; a name changed on the way gets 8 hex
+  digits of its hash, so that `site/123` and `site_123`, or two long ids that share their first
+  MAX_NAME characters, stay apart.
+  """
+  text = str(name)
+  cleaned = "".join(c if c.isascii() and c.isalnum() or c in "-_.=" else "_" for c in text).lstrip(".")
+  if cleaned == text and 0 < len(cleaned) <= MAX_NAME:
+    return cleaned
+  digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+  return f"{cleaned[:MAX_NAME] or 'record'}-{digest}"
+
+
+def unique_names(names):
+  """`safe_name` of each, made unique (`x`, `x_2`, ...; case-insensitively, for file systems
+  that ignore case), in order."""
+  used, out = set(), []
+  for name in names:
+    base = candidate = safe_name(name)
+    k = 1
+    while candidate.casefold() in used:
+      k += 1
+      candidate = f"{base}_{k}"
+    used.add(candidate.casefold())
+    out.append(candidate)
+  return out
 
 
 class Workdir:

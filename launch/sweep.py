@@ -27,7 +27,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run as a script from a checkout
 
-from cardionets_jax.workdir import Workdir  # noqa: E402
+from cardionets_jax.workdir import Workdir, unique_names  # noqa: E402
 
 
 def parse_grid(spec):
@@ -44,14 +44,14 @@ def parse_grid(spec):
 def expand(grid, seeds):
   """Every combination of the grid's values, for every seed: a list of (name, overrides, seed)."""
   keys = [k for k, _ in grid]
-  runs = []
+  runs, labels = [], []
   for values in itertools.product(*(v for _, v in grid)):
     overrides = dict(zip(keys, values))
     for seed in seeds:
       label = "_".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
-      name = "".join(c if c.isalnum() or c in "=._-" else "-" for c in f"{label}_seed={seed}".lstrip("_"))
-      runs.append((name, overrides, seed))
-  return runs
+      labels.append(f"{label}_seed={seed}".lstrip("_"))
+      runs.append((overrides, seed))
+  return [(name, overrides, seed) for name, (overrides, seed) in zip(unique_names(labels), runs)]
 
 
 def command(config, workdir, overrides, seed, fixed=()):

@@ -9,6 +9,8 @@ import os
 import pytest
 
 from cardionets_jax.stages import NAMES
+from cardionets_jax.train.checkpoint import read_item
+from cardionets_jax.train.checkpoint import reader
 from cardionets_jax.workdir import Workdir
 from tests.conftest import run_in_process
 from tests.conftest import stage_test_config
@@ -65,14 +67,33 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   assert (f"Checkpoint {workdir.checkpoints('mae')}/4 cannot be restored" in log
           and f"resuming from {workdir.checkpoints('mae')}/2" in log)
   assert f"Resumed from {workdir.checkpoints('mae')}/2" in log
+  assert "with a config that differs" not in log   # a longer run is what resuming is for
   assert os.path.isdir(os.path.join(workdir.quarantine("mae"), "4"))
   assert sorted(os.listdir(workdir.checkpoints("mae"))) == ["4", "6"]
   # A step whose commit marker is gone is not trusted either.
+  # (And a resume with a changed learning rate says so.)
   os.remove(os.path.join(workdir.checkpoints("mae"), "6", "commit_success.txt"))
-  run_in_process(stage_test_config("mae", num_steps=8), tmp_path, "uncommitted")
+  config = stage_test_config("mae", num_steps=8)
+  config.train.lr *= 2
+  run_in_process(config, tmp_path, "uncommitted")
   log = (tmp_path / "logs" / "uncommitted.log").read_text()
   assert "6 has no commit marker" in log and f"Resumed from {workdir.checkpoints('mae')}/4" in log
+  assert "differs from the one it was saved with in 1 field(s): train.lr:" in log
   assert json.loads(open(workdir.results("mae")).read())["step"] == 8
+  # 64 overwritten bytes in an array file of step 8 restore without an error from Orbax: the
+  # saved fingerprints refuse them, the run resumes from step 6 and ends with the same state.
+  clean = read_item(reader(workdir.checkpoints("mae")), 8, "fingerprints")
+  files = sorted(glob.glob(os.path.join(workdir.checkpoints("mae"), "8", "state", "**", "d", "*"),
+                           recursive=True), key=os.path.getsize)
+  with open(files[-1], "r+b") as f:
+    f.seek(os.path.getsize(files[-1]) // 2)
+    f.write(b"\x7f" * 64)
+  os.remove(os.path.join(workdir.stage_dir("mae"), "FINISHED"))
+  run_in_process(config, tmp_path, "flipped")
+  log = (tmp_path / "logs" / "flipped.log").read_text()
+  assert "differ from the fingerprints saved with them" in log, log[-3000:]
+  assert f"Resumed from {workdir.checkpoints('mae')}/6" in log
+  assert read_item(reader(workdir.checkpoints("mae")), 8, "fingerprints") == clean
 
 
 def test_a_dataset_without_a_test_split_needs_a_named_stand_in(tmp_path):

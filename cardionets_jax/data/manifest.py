@@ -93,6 +93,18 @@ def read(path, required=()):
   return Manifest(path, [h for h in header if h], rows, encoding, warnings)
 
 
+def header(path):
+  """The stripped column names of the manifest's first non-blank line."""
+  text, _, _ = _decode(path)
+  try:
+    for cells in csv.reader(io.StringIO(text, newline="")):
+      if any(c.strip() for c in cells):
+        return [c.strip() for c in cells]
+  except csv.Error as e:
+    raise ManifestError(f"Manifest {path}: not a readable CSV: {e}") from e
+  return []
+
+
 def _check_header(path, header, required):
   seen = {}
   for i, name in enumerate(header):

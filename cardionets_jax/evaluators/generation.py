@@ -23,7 +23,7 @@ from cardionets_jax.models import vit
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
 from cardionets_jax.train import state as state_lib
-from cardionets_jax.workdir import safe_name
+from cardionets_jax.workdir import unique_names
 
 CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
 METRICS = ("ssim", "psnr")
@@ -154,8 +154,9 @@ def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
   """Per subject: the own-ECG cine as NIfTI (x, y, t) and GIF (true | generated), and a PNG
   strip of frames: true, own ECG, shuffled ECG, no condition."""
   os.makedirs(out_dir, exist_ok=True)
-  for i in range(min(num, len(truth))):
-    name = safe_name(subject_ids[i].decode() if isinstance(subject_ids[i], bytes) else subject_ids[i])
+  count = min(num, len(truth))
+  names = unique_names(s.decode() if isinstance(s, bytes) else s for s in subject_ids[:count])
+  for i, name in enumerate(names):
     plots.write_nifti(os.path.join(out_dir, f"{name}.nii.gz"), generated["own_ecg"][i])
     plots.write_gif(os.path.join(out_dir, f"{name}.gif"),
                     np.concatenate([truth[i], generated["own_ecg"][i]], axis=2))

@@ -36,14 +36,12 @@ class Screener:
 
   The method is read from the finetune stage's hand-off in `workdir` (its best checkpoint and
   thresholds); the generator from the mar stage of `generator_workdir` (default: `workdir`), with
-  the VAE and ECG encoder its tokens were made with.
+  the VAE and ECG encoder its tokens were made with. `predict.check_args` has checked that those
+  stages finished.
   """
 
   def __init__(self, workdir, method=None, generate=True, generator_workdir=None):
     self.workdir, self.generator_workdir = workdir, generator_workdir or workdir
-    if not workdir.finished("finetune"):
-      raise SystemExit(f"No finished finetune stage in {workdir.root}: run `python -m "
-                       f"cardionets_jax.main --config=configs/finetune.py --workdir={workdir.root}`")
     methods = workdir.read_artifact("finetune", "methods.json")
     self.method_name = choose_method(methods, method)
     info = methods[self.method_name]
@@ -72,8 +70,6 @@ class Screener:
   def _load_generator(self):
     import orbax.checkpoint as ocp
     workdir = self.generator_workdir
-    if not workdir.finished("mar"):
-      raise SystemExit(f"No finished mar stage in {workdir.root}: run it, or pass --no-generate")
     mar_ref = workdir.checkpoints("mar")
     mar_config = ckpt_lib.saved_config(mar_ref)
     tokens = context_lib.resolve("tokenize", mar_config, workdir)

@@ -5,6 +5,7 @@ directory or one step inside it; `resolve` turns it into (directory, step), `sav
 the config the stage was trained with, `restore_subtree` reads part of its train state.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -15,8 +16,28 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from cardionets_jax.train import fingerprint
+
 
 COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last in every step folder
+
+
+class DamagedCheckpoint(ValueError):
+  """A step whose restored arrays differ from the fingerprints saved with them."""
+
+
+def verify(reference, saved, restored, prefix=""):
+  """Raises DamagedCheckpoint naming the arrays of `restored` (the state, or its subtree at
+  `prefix`) that differ from `saved` fingerprints; warns when the step has none (older saves)."""
+  if not saved:
+    logging.warning("Checkpoint %s holds no array fingerprints (saved by an older version): "
+                    "restored unverified", reference)
+    return
+  bad = fingerprint.mismatches(saved, restored, prefix)
+  if bad:
+    raise DamagedCheckpoint(f"Checkpoint {reference}: {len(bad)} array(s) differ from the "
+                            f"fingerprints saved with them: {', '.join(bad[:5])}"
+                            f"{' ...' if len(bad) > 5 else ''}")
 
 
 class Checkpointer:
@@ -47,18 +68,22 @@ class Checkpointer:
     """`progress` (JSON: early-stopping history) is restored with the state; `score` (higher is
     better) makes the step a candidate for the kept best checkpoint."""
     args = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()),
-                progress=ocp.args.JsonSave(progress or {}))
+                progress=ocp.args.JsonSave(progress or {}),
+                fingerprints=ocp.args.JsonSave(fingerprint.of_tree(state)))
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = None if score is None else {"score": float(score)}
     self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
 
   def restore(self, step, abstract_state, data_iterator=None):
-    """Restores (state, progress) into the shardings carried by `abstract_state`'s leaves."""
+    """Restores (state, progress) into the shardings carried by `abstract_state`'s leaves,
+    checked against the fingerprints saved with them (DamagedCheckpoint when they differ)."""
     args = dict(state=ocp.args.StandardRestore(abstract_state))
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    verify(f"{self.directory}/{step}", read_item(self.manager, step, "fingerprints"),
+           restored["state"])
     return restored["state"], self.progress(step)
 
   def progress(self, step):
@@ -147,15 +172,33 @@ def reader(directory):
                                     state=ocp.PyTreeCheckpointHandler()))
 
 
-JSON_ITEMS = ("config", "progress")
+JSON_ITEMS = ("config", "progress", "fingerprints")
 
 
 def read_item(manager, step, name):
-  """A JSON item (`config`, `progress`) of a step, or None when the step has no such item."""
+  """A JSON item (`config`, `progress`, `fingerprints`) of a step, or None when it has none."""
   try:
     return manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name]
-  except KeyError:
+  except (KeyError, FileNotFoundError):
     return None
+
+
+RUN_LENGTH = ("train.num_steps",)  # may change on resume: training longer is what resume is for
+
+
+def config_changes(saved, current, ignore=RUN_LENGTH):
+  """'key: saved -> current' for every config field that differs, but the run length."""
+  def flat(tree, prefix=""):
+    out = {}
+    for key, value in (tree.to_dict() if hasattr(tree, "to_dict") else tree).items():
+      if isinstance(value, dict):
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = json.dumps(value, default=str)
+    return out
+  a, b = flat(saved), flat(current)
+  return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
+          for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
 
 
 def abstract_with_shardings(tree, shardings):
@@ -175,5 +218,7 @@ def restore_subtree(reference, path, abstract_target):
           partial_restore=True)))["state"]
   for key in path:
     restored = restored[key]
+  verify(f"{directory}/{step}", read_item(reader(directory), step, "fingerprints"), restored,
+         "/".join(path))
   logging.info("Restored %s from %s (step %d)", "/".join(path), directory, step)
   return restored, step

@@ -7,6 +7,7 @@ NaN guard.
 """
 
 import dataclasses
+import logging
 import os
 from typing import Callable, Optional
 
@@ -115,6 +116,12 @@ class Trainer:
     if step is not None:
       self.state, self.progress = state, progress
       metrics_lib.log("Resumed from %s/%d", self.checkpoint_dir, step)
+      changes = ckpt_lib.config_changes(ckpt_lib.saved_config(f"{self.checkpoint_dir}/{step}"),
+                                        self.config)
+      if changes:
+        logging.warning("Resuming %s/%d with a config that differs from the one it was saved "
+                        "with in %d field(s): %s", self.checkpoint_dir, step, len(changes),
+                        "; ".join(changes))
 
   def fit(self, on_eval: Optional[Callable] = None, early_stopping: Optional[EarlyStopping] = None):
     """Trains to config.train.num_steps, resuming from the latest checkpoint.
