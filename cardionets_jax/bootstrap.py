@@ -17,41 +17,83 @@ from cardionets_jax.evaluate import (_BINARY_KEYS, _average_precision_rows, _bin
 # Bootstrap ---------------------------------------------------------------------
 
 
-def _resample_blocks(n, n_boot, seed, block_elements=1 << 20):
+METHODS = ("percentile", "stratified", "bca")
+
+
+def _resample_blocks(n, n_boot, seed, strata=None, block_elements=1 << 20):
   """Blocks of bootstrap index rows (b, n), drawn one resample at a time.
 
-  Each resample is its own rng.integers call, so the indices depend only on
-  (n, n_boot, seed), never on the block size.
+  Each resample is its own rng.integers call (one per stratum when `strata` is given: each
+  stratum is resampled within itself, so its size is the same in every resample), so the indices
+  depend only on (n, n_boot, seed, strata), never on the block size.
   """
   rng = np.random.default_rng(seed)
+  groups = None if strata is None else [np.flatnonzero(strata == v) for v in np.unique(strata)]
+  draw = ((lambda: rng.integers(0, n, size=n)) if groups is None else
+          (lambda: np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])))
   per_block = max(1, min(n_boot, block_elements // max(n, 1)))
   done = 0
   while done < n_boot:
     b = min(per_block, n_boot - done)
-    yield np.stack([rng.integers(0, n, size=n) for _ in range(b)])
+    yield np.stack([draw() for _ in range(b)])
     done += b
 
 
-def _bootstrap_samples(stat_rows, arrays, n_boot, seed):
+def _bootstrap_samples(stat_rows, arrays, n_boot, seed, strata=None):
   """stat_rows(*resampled arrays, each (b, n, ...)) -> (b, K), over all resamples."""
   n = len(arrays[0])
   if any(len(a) != n for a in arrays):
     raise ValueError("every array must index the same subjects (same length)")
   out = []
-  for idx in _resample_blocks(n, n_boot, seed):
+  for idx in _resample_blocks(n, n_boot, seed, strata):
     with warnings.catch_warnings(), np.errstate(all="ignore"):
       warnings.simplefilter("ignore")  # NaN resamples are counted, not warned about
       out.append(np.asarray(stat_rows(*[a[idx] for a in arrays]), np.float64).reshape(len(idx), -1))
   return np.concatenate(out, axis=0)
 
 
-def _percentile_ci(value, samples, alpha):
+def _jackknife(stat_rows, arrays, block=256):
+  """(n, K) leave-one-out values of stat_rows, evaluated in blocks of rows."""
+  n = len(arrays[0])
+  out = []
+  for start in range(0, n, block):
+    rows = np.arange(start, min(start + block, n))
+    idx = np.stack([np.delete(np.arange(n), i) for i in rows])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+      warnings.simplefilter("ignore")
+      out.append(np.asarray(stat_rows(*[a[idx] for a in arrays]), np.float64).reshape(len(rows), -1))
+  return np.concatenate(out, axis=0)
+
+
+def _percentile_ci(value, samples, alpha, jackknife=None):
+  """The percentile interval, or with `jackknife` values the BCa one (Efron 1987): the
+  percentiles moved by the bias of the resamples (z0) and the skew of the jackknife (a). A NaN
+  point value gives a NaN interval: an undefined metric has no interval either."""
   valid = samples[~np.isnan(samples)]
-  if valid.size == 0:
+  levels = np.array([alpha / 2, 1 - alpha / 2])
+  if jackknife is not None and valid.size and np.isfinite(value):
+    jk = jackknife[np.isfinite(jackknife)]
+    d = jk.mean() - jk
+    a = (d ** 3).sum() / (6.0 * (d ** 2).sum() ** 1.5) if (d ** 2).sum() > 0 else 0.0
+    share = (np.sum(valid < value) + 0.5 * np.sum(valid == value)) / valid.size
+    z0 = _ndtri(np.clip(share, 1.0 / (valid.size + 1), valid.size / (valid.size + 1)))
+    z = _ndtri(levels)
+    levels = _ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))
+  if valid.size == 0 or not np.isfinite(value):
     low = high = float("nan")
   else:
-    low, high = (float(q) for q in np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)]))
+    low, high = (float(q) for q in np.percentile(valid, 100 * levels))
   return dict(value=float(value), low=low, high=high, n_boot_valid=int(valid.size))
+
+
+def _ndtr(x):
+  from scipy import special  # pylint: disable=import-outside-toplevel
+  return special.ndtr(x)
+
+
+def _ndtri(p):
+  from scipy import special  # pylint: disable=import-outside-toplevel
+  return special.ndtri(p)
 
 
 def _nan_ci():
@@ -150,7 +192,7 @@ def regression_report(y_true, y_pred, names=None, n_boot=1000, seed=0, alpha=0.0
 
 
 def classification_report(y_true, scores, names=None, thresholds=None, n_boot=1000, seed=0,
-                          alpha=0.05):
+                          alpha=0.05, method="percentile"):
   """Per-label AUROC, AUPRC and threshold metrics, each with a bootstrap CI.
 
   y_true: (N, L) of 1, 0, or -1 (or NaN) where missing; scores: (N, L);
@@ -158,12 +200,18 @@ def classification_report(y_true, scores, names=None, thresholds=None, n_boot=10
   youden_threshold), applied as `scores >= threshold`; None skips the
   threshold metrics. Returns {name: {"auroc": ci, "auprc": ci, "threshold":
   t, "sensitivity": ci, "specificity": ci, "ppv": ci, "npv": ci, "f1": ci,
-  "accuracy": ci, "n": count, "n_positive": positives}} where every ci is a
+  "accuracy": ci, "n": count, "n_positive", "n_negative"}} where every ci is a
   bootstrap_ci dict (the threshold metrics too, the threshold held fixed).
   All metrics of a label share the same resamples, which are those of
   bootstrap_ci with the same n_boot and seed. A label with one class in its
-  non-missing rows gets NaN AUROC/AUPRC (with the metrics' warning).
+  non-missing rows gets NaN AUROC/AUPRC (with the metrics' warning), and NaN CIs.
+
+  `method`: "percentile" resamples subjects; "stratified" resamples positives and negatives
+  apart (every resample keeps the label's prevalence); "bca" corrects the percentile interval
+  for bias and skew with a jackknife. benchmarks/bootstrap_coverage.py measures their coverage.
   """
+  if method not in METHODS:
+    raise ValueError(f"method {method!r} is not one of {METHODS}")
   y_true = np.asarray(y_true, np.float64)
   scores = np.asarray(scores, np.float64)
   if y_true.shape != scores.shape or y_true.ndim != 2:
@@ -175,7 +223,7 @@ def classification_report(y_true, scores, names=None, thresholds=None, n_boot=10
   for j, name in enumerate(names):
     keep = (y_true[:, j] == 0) | (y_true[:, j] == 1)
     yt, s = y_true[keep, j], scores[keep, j]
-    entry = dict(n=int(keep.sum()), n_positive=int(yt.sum()))
+    entry = dict(n=int(keep.sum()), n_positive=int(yt.sum()), n_negative=int((yt == 0).sum()))
     t = float("nan") if thresholds is None else float(thresholds[j])
     use_t = thresholds is not None and not np.isnan(t)
     if thresholds is not None:
@@ -194,12 +242,15 @@ def classification_report(y_true, scores, names=None, thresholds=None, n_boot=10
         cols.append(np.full((len(yb), len(_BINARY_KEYS)), np.nan))
       return np.concatenate(cols, axis=-1)
 
-    samples = _bootstrap_samples(stat_rows, (yt, s), n_boot, seed)
+    samples = _bootstrap_samples(stat_rows, (yt, s), n_boot, seed,
+                                 yt if method == "stratified" else None)
+    jackknife = _jackknife(stat_rows, (yt, s)) if method == "bca" else None
     values = [roc_auc(yt, s), average_precision(yt, s)]
     if thresholds is not None:
       point = binary_metrics(yt, s, t) if use_t else dict.fromkeys(_BINARY_KEYS, float("nan"))
       values += [point[key] for key in _BINARY_KEYS]
     for k, key in enumerate(keys):
-      entry[key] = _percentile_ci(values[k], samples[:, k], alpha)
+      entry[key] = _percentile_ci(values[k], samples[:, k], alpha,
+                                  None if jackknife is None else jackknife[:, k])
     out[name] = entry
   return out

@@ -85,11 +85,12 @@ def test_summary_table_averages_seeds_and_shows_cis():
     for seed, r2 in enumerate(r2s):
       results[f"{init}-{seed}"] = dict(init=init, mode="full", label_fraction=0.1, seed=seed,
                                       phenotypes={"lvef": {"r2": ci(r2)}},
-                                      diseases={"cm": {"auroc": ci(0.9)}})
+                                      diseases={"cm": {"auroc": ci(0.9), "n_positive": 7,
+                                                       "n_negative": 40}})
   columns, rows = clinical.summary_table(results, meta)
   assert columns == ["aligned-full@0.1", "scratch-full@0.1"]
   cells = {label: {c: clinical._cell(v[c]) for c in columns} for label, v in rows}
   assert cells["lvef R2"] == {"aligned-full@0.1": "0.600 ± 0.100",
                               "scratch-full@0.1": "0.200 (0.100-0.300)"}
   assert cells["mean phenotype R2"]["scratch-full@0.1"] == "0.200"
-  assert list(cells) == ["lvef R2", "mean phenotype R2", "cm AUROC"]
+  assert list(cells) == ["lvef R2", "mean phenotype R2", "cm AUROC (7 pos / 40 neg)"]

@@ -12,8 +12,9 @@ from cardionets_jax import evaluate
 from cardionets_jax import plots
 
 
-def report_method(method, val, test, meta, n_boot):
-  """Test metrics with bootstrap CIs; thresholds chosen on validation (Youden)."""
+def report_method(method, val, test, meta, n_boot, ci_method="percentile"):
+  """Test metrics with bootstrap CIs (`ci_method`: bootstrap.METHODS); thresholds chosen on
+  validation (Youden)."""
   out = dict(init=method.init, mode=method.mode, label_fraction=method.fraction, seed=method.seed)
   out["phenotypes"] = bootstrap.regression_report(test["phenotypes"], test["phenotypes_pred"],
                                                   meta.phenotype_names, n_boot=n_boot, seed=method.seed)
@@ -26,7 +27,7 @@ def report_method(method, val, test, meta, n_boot):
       thresholds.append(evaluate.youden_threshold(y, s) if len(np.unique(y)) == 2 else 0.5)
   out["diseases"] = bootstrap.classification_report(test["labels"], test["probs"], meta.label_names,
                                                     np.asarray(thresholds), n_boot=n_boot,
-                                                    seed=method.seed)
+                                                    seed=method.seed, method=ci_method)
   return out
 
 
@@ -42,8 +43,10 @@ def summary_table(results, meta):
   rows = []
   for p in meta.phenotype_names:
     rows.append((f"{p} R2", {g: [r["phenotypes"][p]["r2"] for r in rs] for g, rs in groups.items()}))
-  for d in meta.label_names:
-    rows.append((f"{d} AUROC", {g: [r["diseases"][d]["auroc"] for r in rs] for g, rs in groups.items()}))
+  for d in meta.label_names:  # the counts say how far a CI can be trusted (the test split's)
+    counts = {(r["diseases"][d]["n_positive"], r["diseases"][d].get("n_negative")) for r in results.values()}
+    label = f"{d} AUROC" + "".join(f" ({p} pos / {n} neg)" for p, n in sorted(counts, key=str))
+    rows.append((label, {g: [r["diseases"][d]["auroc"] for r in rs] for g, rs in groups.items()}))
   mean_r2 = {g: [{"value": float(np.nanmean([_value(r["phenotypes"][p]["r2"]) for p in meta.phenotype_names]))}
                  for r in rs] for g, rs in groups.items()}
   rows.insert(len(meta.phenotype_names), ("mean phenotype R2", mean_r2))
@@ -71,14 +74,15 @@ def write_tables(workdir, results, meta):
   with open(workdir.file("finetune", "results.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["method", "init", "mode", "label_fraction", "seed", "target", "metric", "value",
-                "low", "high"])
+                "low", "high", "n", "n_positive", "n_negative"])
     for name, r in results.items():
       head = [name, r["init"], r["mode"], r["label_fraction"], r["seed"]]
       for kind in ("phenotypes", "diseases"):
         for target, metrics in r[kind].items():
           for metric, v in metrics.items():
             if isinstance(v, dict) and "value" in v:
-              w.writerow(head + [target, metric, v["value"], v.get("low"), v.get("high")])
+              w.writerow(head + [target, metric, v["value"], v.get("low"), v.get("high"),
+                                 metrics.get("n"), metrics.get("n_positive"), metrics.get("n_negative")])
   return "\n".join(lines)
 
 

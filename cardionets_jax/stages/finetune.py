@@ -275,7 +275,7 @@ def run(config, context):
         method = Method(config, init, fraction, seed, meta, context, data_dir)
         metrics_lib.log("Fine-tuning %s", method.name)
         val, test, best_step, checkpoint, stopped = method.run()
-        report = clinical.report_method(method, val, test, meta, f.n_boot)
+        report = clinical.report_method(method, val, test, meta, f.n_boot, f.ci_method)
         results[method.name] = dict(report, best_step=best_step, stopped_early=stopped,
                                     splits=dict(early_stopping=method.split("val"),
                                                 thresholds=method.split("val"),
