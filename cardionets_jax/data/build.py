@@ -58,7 +58,7 @@ class _EmptySplit(Exception):
 
 def _is_previous_build(out, names):
   """Whether `out` holds only what an earlier build wrote."""
-  ours = {records.NAME, REPORT, FAILED_REPORT}
+  ours = {records.NAME, REPORT, FAILED_REPORT, "downloads"}  # (TFDS's download folder)
   if not set(names) <= ours:
     return False
   if REPORT not in names and FAILED_REPORT not in names:
@@ -92,6 +92,7 @@ def swap_in(out, staging):
   """Replaces what `out` held by the staging folder's content (all within `out`)."""
   previous = os.path.join(out, f"{_PREVIOUS}{os.getpid()}")
   os.makedirs(previous)
+  shutil.rmtree(os.path.join(staging, "downloads"), ignore_errors=True)  # TFDS's, empty here
   for name in os.listdir(out):
     if not name.startswith((_STAGING, _PREVIOUS)):
       os.rename(os.path.join(out, name), os.path.join(previous, name))
@@ -130,7 +131,7 @@ def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_s
       logging.warning("%s", warning)
     tasks, results = plan_rows(table.rows, config, base_dir or os.path.dirname(
         os.path.abspath(manifest)))
-    results += _write(manifest, staging, tasks, config, workers, num_shards)
+    _write(manifest, staging, tasks, config, workers, num_shards, results)
   except (ManifestError, BuildFailed) as e:
     error = e
   results.sort(key=lambda r: r.row)
@@ -151,9 +152,10 @@ def _write_json(path, data):
     json.dump(data, f, indent=2)
 
 
-def _write(manifest, staging, tasks, config, workers, num_shards):
-  """Processes and writes the rows by split; returns their results. A split whose every row is
-  rejected is left out (TFDS cannot write an empty split) and the smaller splits redone."""
+def _write(manifest, staging, tasks, config, workers, num_shards, results):
+  """Processes and writes the rows by split, adding their results to `results` (also when it
+  fails). A split whose every row is rejected is left out (TFDS cannot write an empty split)
+  and the smaller splits written before it are redone."""
   by_split = collections.defaultdict(list)
   for task in tasks:
     by_split[records.split_of(task.subject_id.encode(), config.val_fraction,
@@ -167,7 +169,7 @@ def _write(manifest, staging, tasks, config, workers, num_shards):
   workers = workers or os.cpu_count() or 1
   logging.info("Building %s from %d rows with %d worker(s)", staging, len(tasks), workers)
   splits = [s for s in WRITE_ORDER if by_split[s]]
-  empty = {}
+  empty, split_results = {}, {}
   pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
   try:
     while True:
@@ -181,14 +183,14 @@ def _write(manifest, staging, tasks, config, workers, num_shards):
         break
       except _EmptySplit as e:
         logging.warning("No row of the %s split was kept: it is left out of the dataset", e.split)
-        empty[e.split] = split_results[e.split]
+        empty[e.split] = split_results.pop(e.split)
         splits.remove(e.split)
         for name in os.listdir(staging):
           shutil.rmtree(os.path.join(staging, name))
   finally:
     if pool is not None:
       pool.close()
-  return [r for rs in list(split_results.values()) + list(empty.values()) for r in rs]
+    results += [r for rs in list(split_results.values()) + list(empty.values()) for r in rs]
 
 
 def _examples(split, tasks, config, pool, results):

@@ -100,10 +100,10 @@ def plan_rows(rows, config, base_dir):
   ranges = config.phenotype_ranges()
   for row in rows:
     line, cells = row.line, row.values
-    sid = ((cells or {}).get("subject_id") or "").strip()
+    sid = (cells.get("subject_id") or "").strip()
     reject = lambda reason, message: rejected.append(
         RowResult(line, sid, "rejected", reason=reason, message=f"row {line}: {message}"))
-    if cells is None:
+    if row.problem:
       reject("field_count", row.problem)
       continue
     if not sid:

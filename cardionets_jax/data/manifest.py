@@ -24,8 +24,8 @@ class ManifestError(ValueError):
 @dataclasses.dataclass
 class Row:
   line: int                          # file line the row starts on (the header's is usually 1)
-  values: Optional[dict]             # column -> stripped cell; None when malformed
-  problem: Optional[str] = None      # why it is malformed
+  values: dict                       # column -> stripped cell (as far as the cells go)
+  problem: Optional[str] = None      # why it is malformed: then `values` only names the row
 
 
 @dataclasses.dataclass
@@ -78,11 +78,12 @@ def read(path, required=()):
       if header is None:
         header = [c.strip() for c in cells]
         continue
+      values = {h: c.strip() for h, c in zip(header, cells) if h}
       if len(cells) != len(header):
-        rows.append(Row(start, None, f"line {start} has {len(cells)} fields but the header has "
-                        f"{len(header)} (an unquoted comma or a missing field?)"))
+        rows.append(Row(start, values, f"line {start} has {len(cells)} fields but the header "
+                        f"has {len(header)} (an unquoted comma or a missing field?)"))
         continue
-      rows.append(Row(start, {h: c.strip() for h, c in zip(header, cells) if h}))
+      rows.append(Row(start, values))
   except csv.Error as e:
     raise ManifestError(f"Manifest {path}, line {reader.line_num}: not a readable CSV: {e}") from e
   if header is None:

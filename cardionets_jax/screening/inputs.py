@@ -75,8 +75,9 @@ def _manifest_records(path, fs):
   found = []
   for row in table.rows:
     where = f"{path}, line {row.line}"
-    if row.values is None:
-      found.append(Record(f"line{row.line}", where, problem=("field_count", row.problem)))
+    if row.problem:
+      rid = row.values.get("subject_id") or f"line{row.line}"
+      found.append(Record(rid, where, problem=("field_count", row.problem)))
       continue
     target = row.values.get("ecg_path", "")
     rid = row.values.get("subject_id") or (_stem(target) if target else f"line{row.line}")
