@@ -1,5 +1,6 @@
 """Screening end to end: every ECG format in, a corrupted record reported, rate invariance."""
 
+import codecs
 import csv
 import json
 import os
@@ -100,3 +101,84 @@ def test_inputs_expand_to_unique_names(tmp_path):
     fixtures.write_npy(str(tmp_path / sub), "same", np.zeros((12, 5000)))
   found = predict.inputs.find_records([str(tmp_path)], fs=500)
   assert [r.name for r in found] == ["same", "same_2"] and all(r.fs == 500 for r in found)
+
+
+def _files_under(root):
+  return {os.path.join(d, f) for d, _, files in os.walk(root) for f in files}
+
+
+def test_awkward_inputs_each_get_a_row_and_outputs_stay_in_their_folder(trained_workdir, tmp_path):
+  d = tmp_path / "inputs"
+  x = fixtures.ecg_signal(500, seed=4)
+  a = fixtures.write_npy(str(d / "a"), "rec", x)
+  b = fixtures.write_npy(str(d / "b"), "rec", x * 1.1)
+  uv = fixtures.write_npy(str(d), "microvolts", x * 1000.0)
+  long_id = "L" * 300
+  lines = ["subject_id,ecg_path,ecg_fs", f"x,{a},500", f"x,{b},500", f"x_2,{a},500",
+           f"../../x,{a},500", f"/abs/x,{a},500", f"site/123,{a},500", f"{long_id},{a},500",
+           f"bad_rate,{a},abc", "short_row", f"microvolts,{uv},500", "no_path,,500"]
+  manifest = d / "m.csv"
+  manifest.write_bytes(codecs.BOM_UTF8 + ("\n".join(lines) + "\n").encode())
+  folder = d / "folder"
+  fixtures.write_wfdb(str(folder), "kept", x, 500)
+  fixtures.write_wfdb(str(folder), "dat_only", x, 500)
+  os.remove(folder / "dat_only.hea")
+  (folder / "export.xml").write_text("<?xml version='1.0'?><RestingECG/>")
+  dicom = fixtures.write_dicom_ecg(str(folder), "noext", x, 500)
+  os.rename(dicom, folder / "NOEXT")
+  before = _files_under(tmp_path)
+  out = tmp_path / "out"
+  status = predict.run(predict.parse_args([f"--workdir={trained_workdir}", "--ecg", str(manifest),
+                                           str(folder), f"--out={out}", "--batch-size=16"]))
+  assert status == 1
+  rows = list(csv.DictReader(open(out / "summary.csv", newline="")))
+  by_id = {}
+  for row in rows:
+    by_id.setdefault(row["id"], []).append(row)
+  assert len(rows) == 11 + 4    # every manifest row and every file of the folder (.hea + .dat: one)
+  names = [r["record"] for r in rows]
+  assert len(set(n.casefold() for n in names)) == len(names)        # x, x, x_2: three outputs
+  for sid in ("x", "x_2", "../../x", "/abs/x", "site/123", long_id, "kept", "NOEXT"):
+    assert all(r["status"] == "ok" for r in by_id[sid]), (sid, by_id[sid])
+  assert len(by_id["x"]) == 2 and by_id["x"][0]["record"] != by_id["x"][1]["record"]
+  first, second = (json.loads((out / f"{r['record']}.json").read_text()) for r in by_id["x"])
+  assert first["path"] != second["path"]                              # neither overwrote the other
+  assert len(by_id[long_id][0]["record"]) <= 110
+  failed = {r["id"]: r["reason"] for r in rows if r["status"] == "failed"}
+  assert failed == {"bad_rate": "sampling_rate", "short_row": "field_count",
+                    "microvolts": "amplitude_units", "no_path": "missing_file",
+                    "dat_only.dat": "missing_file", "export.xml": "unsupported_format"}
+  created = _files_under(tmp_path) - before
+  assert created and all(os.path.commonpath([p, str(out)]) == str(out) for p in created)
+  for r in rows:
+    if r["status"] == "ok":
+      for ext in (".json", ".png", ".nii.gz", ".gif"):
+        assert (out / f"{r['record']}{ext}").is_file()
+
+
+def test_argument_errors_stop_before_any_work(trained_workdir, tmp_path):
+  ecg = fixtures.write_npy(str(tmp_path), "r", fixtures.ecg_signal(500))
+  (tmp_path / "a_file").write_text("x")
+  (tmp_path / "empty_workdir").mkdir()
+  cases = [([f"--workdir={trained_workdir}", "--batch-size=0"], "--batch-size must be at least 1"),
+           ([f"--workdir={trained_workdir}", "--fs=-5"], "--fs must be a positive"),
+           ([f"--workdir={tmp_path / 'empty_workdir'}"], "No finished finetune stage"),
+           ([f"--workdir={tmp_path / 'nowhere'}"], "does not exist"),
+           ([f"--workdir={trained_workdir}", f"--out={tmp_path / 'a_file'}"], "is a file")]
+  for extra, message in cases:
+    args = ["--ecg", ecg, f"--out={tmp_path / 'out'}"] + extra
+    with pytest.raises(SystemExit, match=message):
+      predict.run(predict.parse_args(args))
+  assert not (tmp_path / "out").exists()
+
+
+def test_mar_sample_names_stay_in_the_samples_folder(tmp_path):
+  from cardionets_jax.evaluators import generation
+  ids = [b"../../x", b"/abs/x", b"site/123", ("L" * 300).encode(), b"site_123", b"x"]
+  cine = np.zeros((len(ids), 4, 8, 8), np.float32)
+  generated = {k: cine for k in generation.CONDITIONS}
+  out = tmp_path / "run" / "mar" / "samples"
+  generation.write_samples(str(out), ids, generated, cine, num=len(ids), num_frames=2)
+  files = _files_under(tmp_path)
+  assert len(files) == 3 * len(ids)
+  assert all(os.path.dirname(p) == str(out) for p in files)
