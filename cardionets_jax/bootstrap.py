@@ -202,13 +202,10 @@ def classification_report(y_true, scores, names=None, thresholds=None, n_boot=10
   t, "sensitivity": ci, "specificity": ci, "ppv": ci, "npv": ci, "f1": ci,
   "accuracy": ci, "n": count, "n_positive", "n_negative"}} where every ci is a
   bootstrap_ci dict (the threshold metrics too, the threshold held fixed).
-  All metrics of a label share the same resamples, which are those of
-  bootstrap_ci with the same n_boot and seed. A label with one class in its
-  non-missing rows gets NaN AUROC/AUPRC (with the metrics' warning), and NaN CIs.
-
-  `method`: "percentile" resamples subjects; "stratified" resamples positives and negatives
-  apart (every resample keeps the label's prevalence); "bca" corrects the percentile interval
-  for bias and skew with a jackknife. benchmarks/bootstrap_coverage.py measures their coverage.
+  All metrics of a label share the resamples of bootstrap_ci with the same n_boot and seed. A
+  label with one class in its non-missing rows gets NaN AUROC/AUPRC (and a warning), NaN CIs.
+  `method`: "percentile" resamples subjects, "stratified" positives and negatives apart, "bca"
+  corrects the percentile interval with a jackknife (benchmarks/bootstrap_coverage.py).
   """
   if method not in METHODS:
     raise ValueError(f"method {method!r} is not one of {METHODS}")

@@ -1,7 +1,6 @@
 """The build against messy real exports: each bad manifest or row has its outcome and reason code,
 nothing crashes, every row of every manifest is in report.json under its file line number."""
 
-import codecs
 import json
 import os
 import subprocess
@@ -81,7 +80,7 @@ def messy_rows(f):
       (f"after_blank,{good},,150,60,1,", "after_blank", "kept", None),
       (f"folder,{f['folder']},,150,60,0,", "folder", "rejected", "unsupported_format"),
       (f"dat_only,{f['dat_only']},,150,60,0,", "dat_only", "rejected", "missing_file"),
-      (f"absent,/nonexistent/ecg.hea,,150,60,0,", "absent", "rejected", "missing_file"),
+      ("absent,/nonexistent/ecg.hea,,150,60,0,", "absent", "rejected", "missing_file"),
   ]
   return lines
 

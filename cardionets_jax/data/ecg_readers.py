@@ -181,12 +181,8 @@ def _wfdb_header_fs(hea_path):
   """The sampling-frequency field of a WFDB header's record line as written (its number before
   any `/counter` or `(base)`), or None when the line states none (WFDB then defaults to 250)."""
   with open(hea_path, "r", errors="replace") as f:
-    for line in f:
-      line = line.strip()
-      if line and not line.startswith("#"):
-        fields = line.split()
-        return fields[2].split("/")[0].split("(")[0] if len(fields) >= 3 else None
-  return None
+    fields = next((l.split() for l in f if l.strip() and not l.startswith("#")), [])
+  return fields[2].split("/")[0].split("(")[0] if len(fields) >= 3 else None
 
 
 def _read_wfdb(record, shown, fs, strict_fs=False):

@@ -202,23 +202,8 @@ def check_ecg(signal, fs, *, fs_range=(50.0, 5000.0), max_nonfinite_run=0, flat_
   if not (np.isfinite(fs) and lo <= fs <= hi):
     raise RecordError("sampling_rate", f"{_where(path)}sampling rate {fs:g} Hz is outside "
                       f"the accepted range [{lo:g}, {hi:g}] Hz")
-  bad = ~np.isfinite(x)
-  n_nonfinite = int(bad.sum())
-  interpolated = []
-  if n_nonfinite:
-    t = np.arange(x.shape[1])
-    for i in np.flatnonzero(bad.any(axis=1)):
-      if bad[i].all():
-        raise RecordError("nonfinite", f"{_where(path)}lead {names[i]} has no finite sample")
-      runs = _runs(bad[i])
-      for start, length in runs:
-        if length > max_nonfinite_run:
-          raise RecordError("nonfinite", f"{_where(path)}lead {names[i]}: {length} non-finite "
-                            f"samples (NaN/Inf) from sample {start} (at most "
-                            f"{max_nonfinite_run} are interpolated)")
-      good = ~bad[i]
-      x[i, bad[i]] = np.interp(t[bad[i]], t[good], x[i, good])
-      interpolated += [(names[i], int(s), int(n)) for s, n in runs]
+  n_nonfinite = int((~np.isfinite(x)).sum())
+  interpolated = _repair_nonfinite(x, max_nonfinite_run, path, names)
   std = x.std(axis=1)
   flat = [f"{names[i]} (std {std[i]:.2g} mV)" for i in np.flatnonzero(std < flat_std_mv)]
   if flat:
@@ -237,6 +222,26 @@ def check_ecg(signal, fs, *, fs_range=(50.0, 5000.0), max_nonfinite_run=0, flat_
       "min_lead_std_mv": float(std.min()) if std.size else 0.0,
       "max_abs_mv": float(np.abs(x).max()) if x.size else 0.0,
   }
+
+
+def _repair_nonfinite(x, max_run, path, names):
+  """Interpolates NaN/Inf runs of at most `max_run` samples in place; returns the runs."""
+  bad = ~np.isfinite(x)
+  interpolated = []
+  t = np.arange(x.shape[1])
+  for i in np.flatnonzero(bad.any(axis=1)):
+    if bad[i].all():
+      raise RecordError("nonfinite", f"{_where(path)}lead {names[i]} has no finite sample")
+    runs = _runs(bad[i])
+    for start, length in runs:
+      if length > max_run:
+        raise RecordError("nonfinite", f"{_where(path)}lead {names[i]}: {length} non-finite "
+                          f"samples (NaN/Inf) from sample {start} (at most {max_run} are "
+                          "interpolated)")
+    good = ~bad[i]
+    x[i, bad[i]] = np.interp(t[bad[i]], t[good], x[i, good])
+    interpolated += [(names[i], int(s), int(n)) for s, n in runs]
+  return interpolated
 
 
 def _check_amplitude(x, max_median_mv, max_peak_mv, path, names):
