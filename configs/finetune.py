@@ -31,7 +31,7 @@ def get_config(arg=None):
       disease_weight=1.0,
       patience=5,                         # evaluations without improvement before stopping
       n_boot=1000,
-      ci_method="percentile",   # or "stratified" / "bca": see benchmarks/bootstrap_coverage.py
+      ci_method="bca",          # or "percentile" / "stratified": benchmarks/bootstrap_coverage.py
   ))
   if arg.sweep:
     config.finetune.update(label_fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2))

@@ -106,3 +106,19 @@ def test_a_dataset_without_a_test_split_needs_a_named_stand_in(tmp_path):
   config.data.test_stand_in = "val"
   results = run_in_process(config, tmp_path)
   assert results["methods"]["scratch-full-labels0.5-seed0"]["splits"]["metrics"] == "val"
+
+
+def test_safe_and_unique_names_cannot_leave_their_folder_or_collide():
+  from cardionets_jax.workdir import safe_name, unique_names
+  ids = ["x", "x", "x_2", "X", "../../x", "/abs/x", "site/123", "site_123", "L" * 300,
+         "L" * 300 + "b", ".hidden", "", "..", "naïve", "lr=1e-3_seed=0"]
+  names = unique_names(ids)
+  assert len({n.casefold() for n in names}) == len(ids)
+  for name in names:
+    assert name and "/" not in name and "\\" not in name and not name.startswith(".")
+    assert len(name) <= 115 and os.path.basename(name) == name
+  assert names[:4] == ["x", "x_2", "x_2_2", "X_3"]
+  assert names[-1] == "lr=1e-3_seed=0"                      # ordinary names are kept as they are
+  assert safe_name("site/123") != safe_name("site_123") == "site_123"
+  assert safe_name("L" * 300) != safe_name("L" * 300 + "b")
+  assert safe_name("site/123") == safe_name("site/123")     # stable across runs
