@@ -28,14 +28,20 @@ def _path(keys):
   return "/".join(parts)
 
 
+_CHUNK = 1 << 22  # elements hashed at a time: bounded temporaries for a base model's state
+
+
 def _host(x):
   bits = np.ascontiguousarray(x).reshape(-1)
-  width = bits.dtype.itemsize
-  bits = (bits.astype(np.uint8) if bits.dtype == bool else bits.view(f"u{width}")).astype(np.uint32)
-  idx = np.arange(bits.size, dtype=np.uint32)
+  bits = bits.astype(np.uint8) if bits.dtype == bool else bits.view(f"u{bits.dtype.itemsize}")
+  sums = [np.uint32(0)] * len(_WEIGHTS)
   with np.errstate(over="ignore"):
-    return tuple(int(np.sum(bits * ((idx * np.uint32(a) + np.uint32(b)) | np.uint32(1)),
-                            dtype=np.uint32)) for a, b in _WEIGHTS)
+    for start in range(0, bits.size, _CHUNK):
+      chunk = bits[start:start + _CHUNK].astype(np.uint32)
+      idx = np.arange(start, start + chunk.size, dtype=np.uint32)
+      sums = [s + np.sum(chunk * ((idx * np.uint32(a) + np.uint32(b)) | np.uint32(1)),
+                         dtype=np.uint32) for s, (a, b) in zip(sums, _WEIGHTS)]
+  return tuple(int(s) for s in sums)
 
 
 @jax.jit
