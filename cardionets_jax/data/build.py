@@ -35,6 +35,7 @@ from cardionets_jax.data import records
 from cardionets_jax.data.build_rows import (REQUIRED_COLUMNS, BuildConfig, RowWorker,
                                             parse_columns, plan_rows)
 from cardionets_jax.data.manifest import ManifestError
+from cardionets_jax.workdir import write_json
 
 BUILDER = "cardionets_jax.data.build"
 REPORT, FAILED_REPORT = "report.json", "report.failed.json"
@@ -137,19 +138,14 @@ def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_s
   results.sort(key=lambda r: r.row)
   report = make_report(manifest, out, results, time.time() - start, config, manifest_info, error)
   if error is None:
-    _write_json(os.path.join(staging, REPORT), report)
+    write_json(os.path.join(staging, REPORT), report)
     swap_in(out, staging)
     return report
   shutil.rmtree(staging)
   path = os.path.join(out, FAILED_REPORT if _holds_dataset(out) else REPORT)
-  _write_json(path, report)
+  write_json(path, report)
   error.report, error.report_path = report, path
   raise error
-
-
-def _write_json(path, data):
-  with open(path, "w") as f:
-    json.dump(data, f, indent=2)
 
 
 def _write(manifest, staging, tasks, config, workers, num_shards, results):
