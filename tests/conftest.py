@@ -61,6 +61,12 @@ def stage_test_config(stage, **train):
   return config
 
 
+def optimized(fn, *args):
+  """`fn` compiled for `args` with XLA's optimisation passes back on: for the few tests whose
+  time goes to running a program (thousands of steps), not to compiling it."""
+  return jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 3})
+
+
 def one_device_mesh(config):
   return mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
 

@@ -128,8 +128,10 @@ def test_awkward_inputs_each_get_a_row_and_outputs_stay_in_their_folder(trained_
   os.rename(dicom, folder / "NOEXT")
   before = _files_under(tmp_path)
   out = tmp_path / "out"
+  # (No cine: its files take the same names as the .json, and the test above writes them.)
   status = predict.run(predict.parse_args([f"--workdir={trained_workdir}", "--ecg", str(manifest),
-                                           str(folder), f"--out={out}", "--batch-size=16"]))
+                                           str(folder), f"--out={out}", "--batch-size=16",
+                                           "--no-generate"]))
   assert status == 1
   rows = list(csv.DictReader(open(out / "summary.csv", newline="")))
   by_id = {}
@@ -152,7 +154,7 @@ def test_awkward_inputs_each_get_a_row_and_outputs_stay_in_their_folder(trained_
   assert created and all(os.path.commonpath([p, str(out)]) == str(out) for p in created)
   for r in rows:
     if r["status"] == "ok":
-      for ext in (".json", ".png", ".nii.gz", ".gif"):
+      for ext in (".json", ".png"):
         assert (out / f"{r['record']}{ext}").is_file()
 
 
