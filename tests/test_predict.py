@@ -130,7 +130,7 @@ def test_awkward_inputs_each_get_a_row_and_outputs_stay_in_their_folder(trained_
   out = tmp_path / "out"
   # (No cine: its files take the same names as the .json, and the test above writes them.)
   status = predict.run(predict.parse_args([f"--workdir={trained_workdir}", "--ecg", str(manifest),
-                                           str(folder), f"--out={out}", "--batch-size=16",
+                                           str(folder), f"--out={out}", "--batch-size=4",
                                            "--no-generate"]))
   assert status == 1
   rows = list(csv.DictReader(open(out / "summary.csv", newline="")))
