@@ -13,14 +13,14 @@ import orbax.checkpoint as ocp
 
 from tests.conftest import subprocess_env
 
-# Long enough that the kill lands mid-run (checkpoints every 25 steps; the test kills at the first).
-STEPS = 200
+# Long enough that the kill lands mid-run (checkpoints every 20 steps; the test kills at the first).
+STEPS = 80
 
 
 def command(workdir):
   return [sys.executable, "-m", "cardionets_jax.main", "--config=configs/mae.py:variant=test",
           f"--workdir={workdir}", f"--config.train.num_steps={STEPS}",
-          "--config.train.checkpoint_every=25", "--config.train.log_every=50"]
+          "--config.train.checkpoint_every=20", "--config.train.log_every=20"]
 
 
 def env():
