@@ -277,8 +277,6 @@ def test_cli_exit_codes_for_unusable_inputs(tmp_path, files):
   (tmp_path / "a_file").write_text("x")
   result = run(write(tmp_path / "m.csv", good_manifest(files)), tmp_path / "a_file")
   assert result.returncode == 2 and "is a file" in result.stderr and "Traceback" not in result.stderr
-  result = run(tmp_path, tmp_path / "out")
-  assert result.returncode == 2 and "is a directory" in result.stderr and "Traceback" not in result.stderr
   result = run(write(tmp_path / "bad.csv", good_manifest(files, n=0, bad=range(3))), tmp_path / "o2")
   assert result.returncode == 1 and "no row of the train split" in result.stderr
   assert "3 rejected" in result.stdout and "Traceback" not in result.stderr

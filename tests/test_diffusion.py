@@ -113,8 +113,8 @@ def test_head_learns_a_gaussian_mixture_and_the_sampler_recovers_it():
 
   def step(params, opt, key):
     c_key, x_key, l_key = jax.random.split(key, 3)
-    comp = jax.random.randint(c_key, (512,), 0, 3)
-    x0 = jnp.asarray(MEANS)[comp] + jnp.asarray(STDS)[comp] * jax.random.normal(x_key, (512, 2))
+    comp = jax.random.randint(c_key, (256,), 0, 3)
+    x0 = jnp.asarray(MEANS)[comp] + jnp.asarray(STDS)[comp] * jax.random.normal(x_key, (256, 2))
     z = jax.nn.one_hot(comp, 3)
     loss_fn = lambda p: jnp.mean(diffusion.training_losses(
         sched, lambda x, t: head.apply({"params": p}, x, t, z), x0, l_key))

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from tests.conftest import subprocess_env
 
 # Long enough that the kill lands mid-run (checkpoints every 20 steps; the test kills at the first).
-STEPS = 80
+STEPS = 60
 
 
 def command(workdir):
