@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from cardionets_jax.data import manifest as manifest_lib
 from cardionets_jax.data import preprocess
 from cardionets_jax.data import readers
 from cardionets_jax.data import records
@@ -116,12 +117,12 @@ def plan_rows(rows, config, base_dir):
     try:
       phenotypes, flags = _phenotypes(cells, config.phenotypes, ranges)
       labels = np.array([_label(cells[c], c) for c in config.labels], np.int8)
-      ecg_fs = _number(cells.get("ecg_fs", ""), "ecg_fs", "sampling_rate")
+      ecg_fs = manifest_lib.rate_cell(cells.get("ecg_fs"))
     except readers.RecordError as e:
       reject(e.reason, str(e))
       continue
-    if ecg_fs is not None and not ecg_fs > 0:
-      reject("sampling_rate", f"column 'ecg_fs' holds {ecg_fs:g}, not a positive rate")
+    except ValueError as e:
+      reject("sampling_rate", str(e))
       continue
     ecg_path = _resolve(base_dir, cells.get("ecg_path"))
     if ecg_path is None:

@@ -13,6 +13,7 @@ import codecs
 import csv
 import dataclasses
 import io
+import math
 import os
 from typing import Optional
 
@@ -92,6 +93,20 @@ def read(path, required=()):
   if not rows:
     raise ManifestError(f"Manifest {path} has no rows")
   return Manifest(path, [h for h in header if h], rows, encoding, warnings)
+
+
+def rate_cell(text, column="ecg_fs"):
+  """A sampling-rate cell -> Hz, or None when empty; ValueError unless a positive finite number."""
+  text = (text or "").strip()
+  if not text:
+    return None
+  try:
+    fs = float(text)
+  except ValueError:
+    raise ValueError(f"column {column!r} holds {text!r}, not a number") from None
+  if not (math.isfinite(fs) and fs > 0):
+    raise ValueError(f"column {column!r} holds {text!r}, not a positive rate")
+  return fs
 
 
 def header(path):

@@ -10,7 +10,6 @@ output folder or over another record's files.
 import dataclasses
 import json
 import logging
-import math
 import os
 from typing import Optional
 
@@ -84,21 +83,13 @@ def _manifest_records(path, fs):
     record = Record(rid, os.path.join(base, target) if target else where, fs)
     if not target:
       record.problem = ("missing_file", f"{where}: empty ecg_path")
-    elif row.values.get("ecg_fs"):
-      record.fs, problem = _rate(row.values["ecg_fs"], where)
-      record.problem = problem
+    else:
+      try:
+        record.fs = manifest_lib.rate_cell(row.values.get("ecg_fs")) or fs
+      except ValueError as e:
+        record.problem = ("sampling_rate", f"{where}: {e}")
     found.append(record)
   return found
-
-
-def _rate(text, where):
-  try:
-    fs = float(text)
-  except ValueError:
-    return None, ("sampling_rate", f"{where}: ecg_fs {text!r} is not a number")
-  if not (math.isfinite(fs) and fs > 0):
-    return None, ("sampling_rate", f"{where}: ecg_fs {text!r} is not a positive rate")
-  return fs, None
 
 
 def find_records(paths, fs=None):
