@@ -57,7 +57,7 @@ def main(argv):
   predict_s = _time(lambda e, m: predict(variables, dict(ecg=e, lead_mask=m)), ecg, mask)
 
   config = context_lib.stage_config("mar", _VARIANT.value)
-  acfg = method.align_config
+  acfg = method.encoder_config
   align_model, _, align_task = align.make_task(acfg)
   align_params = nn.unbox(jax.jit(align_task.init_params)(rng))
   _, generate = mar_stage.random_generator(config, rng)

@@ -354,3 +354,35 @@ def binary_metrics(y_true, scores, threshold):
   y, s = _check_binary(y_true, scores)
   values = _binary_rows(y, s, threshold)
   return {k: float(v) for k, v in zip(_BINARY_KEYS, values)}
+
+
+# Release-comparable reporting: a fixed threshold and Wilson intervals -----------------------
+
+
+def wilson_interval(successes, n, confidence=0.95):
+  """Wilson score interval of a binomial proportion (no continuity correction): what
+  `scipy.stats.binomtest(k, n).proportion_ci(method="wilson")` gives. n == 0 gives NaNs."""
+  if n == 0:
+    return float("nan"), float("nan")
+  z = _stats.norm.ppf(0.5 + confidence / 2)
+  p = successes / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def threshold_report(y_true, scores, threshold=0.5, confidence=0.95):
+  """Sensitivity, specificity, accuracy, PPV and NPV of `scores >= threshold`, each with its
+  counts and Wilson interval, as the release reports them (NaN where a denominator is 0; the
+  release writes 0 there for PPV and NPV)."""
+  y, s = _check_binary(y_true, scores)
+  pred, pos = s >= threshold, y == 1
+  tp, fp = int(np.sum(pred & pos)), int(np.sum(pred & ~pos))
+  fn, tn = int(np.sum(~pred & pos)), int(np.sum(~pred & ~pos))
+  parts = dict(sensitivity=(tp, tp + fn), specificity=(tn, tn + fp),
+               accuracy=(tp + tn, tp + tn + fp + fn), ppv=(tp, tp + fp), npv=(tn, tn + fn))
+  out = dict(threshold=float(threshold), tp=tp, fp=fp, fn=fn, tn=tn)
+  for name, (k, n) in parts.items():
+    low, high = wilson_interval(k, n, confidence)
+    out[name] = dict(value=k / n if n else float("nan"), low=low, high=high, n=n)
+  return out

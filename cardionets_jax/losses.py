@@ -4,17 +4,18 @@ import jax
 import jax.numpy as jnp
 
 
-def mae_loss(pred, target, mask, norm_pix=True, eps=1e-6):
+def mae_loss(pred, target, mask, norm_pix=True, eps=1e-6, ddof=0):
   """Mean squared error over masked patches (He et al., MAE).
 
   pred, target: (B, N, D); mask: (B, N), 1 where the patch was hidden.
-  With norm_pix the target is each patch normalised by its own mean and std.
+  With norm_pix the target is each patch normalised by its own mean and std
+  (`ddof`: 0 as MAE, 1 as ST-MEM's `torch.var`).
   """
   pred = pred.astype(jnp.float32)
   target = target.astype(jnp.float32)
   if norm_pix:
     mean = target.mean(axis=-1, keepdims=True)
-    var = target.var(axis=-1, keepdims=True)
+    var = target.var(axis=-1, keepdims=True, ddof=ddof)
     target = (target - mean) / jnp.sqrt(var + eps)
   per_patch = jnp.mean(jnp.square(pred - target), axis=-1)
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)

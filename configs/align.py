@@ -20,17 +20,27 @@ MODELS = {
 }
 
 
+# ST-MEM's encoder (models.ecg.EcgEncoder). Our earlier encoder: norm_eps=1e-6,
+# exact_gelu=False, patch_norm=False, pool="norm_then_mean".
+ECG_ENCODER = dict(norm_eps=1e-5, exact_gelu=True, patch_norm=True, pool="mean_then_norm")
+
+
 def get_config(arg=None):
-  arg = common.parse_arg(arg, variant="tiny", weighted=True, phi="pca")
-  config = common.base_config("align", arg.variant, mae="")
+  arg = common.parse_arg(arg, variant="tiny", weighted=True, phi="pca", stmem=False)
+  config = common.base_config("align", arg.variant, mae="", stmem="")
 
   config.model = ml_collections.ConfigDict(MODELS[arg.variant])
   config.model.num_samples = 2250        # the 9 s crop the encoder sees
+  config.model.update(ECG_ENCODER)
   config.model.embed_dim = 256           # shared ECG/CMR space
 
   config.align = ml_collections.ConfigDict(dict(
+      # The ECG encoder's initial weights: "random", or "stmem" (init.stmem: ST-MEM weights, the
+      # release's start; "" trains this workdir's stmem stage first).
+      ecg_init="stmem" if arg.stmem else "random",
       tau=0.05, sigma=0.5, weighted=arg.weighted,
       phi=arg.phi,            # "pca" (of frozen CMR features; the release) or "phenotypes"
+      phi_norm="none",        # "none" (the release) or "unit": stages/align.py, descriptors
       pca_dim=128,
       eval_crops=3,           # crops averaged at evaluation
       noise_std=0.0,          # Gaussian noise on the z-scored ECG, training only

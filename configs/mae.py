@@ -30,7 +30,11 @@ def get_config(arg=None):
   # Frames per patch: None stacks all frames as channels (the release's
   # default); `tube=True` gives the 3D variant with (10, p, p) tube patches.
   config.model.patch_frames = 10 if arg.tube else None
-  config.model.pool = "mean"          # features for probes and hand-off: "mean" or "cls"
+  # Features for probes and alignment: "cls_prenorm" (the release: the last block's CLS token,
+  # before the final LayerNorm), "cls" (after it) or "mean" (of the normed patch tokens).
+  config.model.pool = "cls_prenorm"
+  config.model.norm_eps = 1e-6        # timm's ViT
+  config.model.exact_gelu = True      # erf GELU as timm's; False: tanh approximation
   config.mae = ml_collections.ConfigDict(dict(mask_ratio=0.75, norm_pix_loss=True))
   config.probe = ml_collections.ConfigDict(dict(alphas=(0.1, 1.0, 10.0, 100.0, 1000.0)))
 

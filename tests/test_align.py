@@ -71,9 +71,8 @@ def test_crops_and_lead_dropout():
     np.testing.assert_array_equal(crop[i], ecg[i, :, start:start + 2250])
   crops = align.eval_crops(ecg, 2250, 3)
   assert [int(c[0, 0, 0]) for c in crops] == [0, 125, 250]
-  config = tiny_align_config(lead_dropout=0.5)
   _, mask = align.augment(jnp.zeros((64, 12, 2500)), jnp.ones((64, 12), jnp.uint8),
-                          jax.random.PRNGKey(1), config)
+                          jax.random.PRNGKey(1), 2250, lead_dropout=0.5)
   assert 0.3 < float(mask.mean()) < 0.7 and bool(jnp.all(mask.sum(axis=1) > 0))
 
 

@@ -29,13 +29,14 @@ def test_base_is_vit_b_over_12_leads_of_30_patches():
   assert tokens.shape == (2, 384, 768) and mask.shape == (2, 384)
 
   params = variables["params"]
-  transformer = 12 * vit_block_params(768, 3072) + 2 * 768
-  patch_embed = 75 * 768 + 768
+  transformer = 12 * vit_block_params(768, 3072)
+  patch_embed = 2 * 75 + 75 * 768 + 768 + 2 * 768     # LayerNorm(75), Linear, LayerNorm(768)
   position = (30 + 2) * 768
   leads = 12 * 768
   sep = 768
+  final_norm = 2 * 768
   assert count(params["transformer"]) == transformer
-  assert count(params) == transformer + patch_embed + position + leads + sep
+  assert count(params) == transformer + patch_embed + position + leads + sep + final_norm
   assert 85.0e6 < transformer < 85.2e6
   # Every parameter carries logical axis names; the patch embedding is (patch, embed).
   boxed = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
@@ -117,7 +118,8 @@ def test_an_absent_lead_does_not_influence_the_features(small):
   assert np.abs(out[1] - base[1]).max() > 1e-3      # example 1 has lead 3 present
 
   changed = x.copy()
-  changed[0, 4, :300] += 1.0                          # a present lead
+  # A present lead (a ramp: the patch LayerNorm removes a constant offset within a patch).
+  changed[0, 4, :300] += np.linspace(0.0, 3.0, 300)
   out = np.asarray(apply({"params": params}, changed, mask))
   assert np.abs(out[0] - base[0]).max() > 1e-4
   np.testing.assert_array_equal(out[1], base[1])     # examples are independent

@@ -20,7 +20,7 @@ def test_masked_losses_match_numpy():
   z[4, :] = np.nan
   logits = rng.normal(size=(6, 2)).astype(np.float32)
   labels = np.array([[1, 0], [0, -1], [-1, -1], [1, 1], [0, 0], [1, -1]], np.int8)
-  phen, dis = finetune.masked_losses(pred, logits, z, labels)
+  phen, dis = finetune.phenotype_loss(pred, z), finetune.disease_loss(logits, labels)
   ok = ~np.isnan(z)
   np.testing.assert_allclose(phen, np.mean((pred[ok] - z[ok]) ** 2), rtol=1e-6)
   known = labels >= 0
@@ -50,7 +50,8 @@ def test_layer_decay_scales():
   params = nn.unbox(method._init_all(jax.random.PRNGKey(0)))
   scales = method._layer_decay_scales(jax.tree.map(jnp.asarray, params))
   assert float(scales["phenotype_head"]["kernel"]) == 1.0
-  assert float(scales["encoder"]["transformer"]["ln_final"]["scale"]) == 1.0
+  assert float(scales["encoder"]["ln_final"]["scale"]) == 1.0     # after the pooling: the top
+  assert float(scales["encoder"]["patch_norm_in"]["scale"]) == 0.5 ** (depth + 1)
   assert float(scales["encoder"]["transformer"][f"block{depth - 1}"]["mlp"]["fc1"]["kernel"]) == 0.5
   assert float(scales["encoder"]["transformer"]["block0"]["mlp"]["fc1"]["kernel"]) == 0.5 ** depth
   assert float(scales["encoder"]["patch_embed"]["kernel"]) == 0.5 ** (depth + 1)

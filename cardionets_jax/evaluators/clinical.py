@@ -16,8 +16,12 @@ def report_method(method, val, test, meta, n_boot, ci_method="percentile"):
   """Test metrics with bootstrap CIs (`ci_method`: bootstrap.METHODS); thresholds chosen on
   validation (Youden)."""
   out = dict(init=method.init, mode=method.mode, label_fraction=method.fraction, seed=method.seed)
-  out["phenotypes"] = bootstrap.regression_report(test["phenotypes"], test["phenotypes_pred"],
-                                                  meta.phenotype_names, n_boot=n_boot, seed=method.seed)
+  if test["phenotypes_pred"] is not None:
+    out["phenotypes"] = bootstrap.regression_report(test["phenotypes"], test["phenotypes_pred"],
+                                                    meta.phenotype_names, n_boot=n_boot,
+                                                    seed=method.seed)
+  if test["probs"] is None:
+    return out
   thresholds = []
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -28,11 +32,31 @@ def report_method(method, val, test, meta, n_boot, ci_method="percentile"):
   out["diseases"] = bootstrap.classification_report(test["labels"], test["probs"], meta.label_names,
                                                     np.asarray(thresholds), n_boot=n_boot,
                                                     seed=method.seed, method=ci_method)
+  out["diseases_release"] = release_report(test, meta.label_names)
+  return out
+
+
+RELEASE_METRICS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
+
+
+def release_report(preds, label_names):
+  """The release's way (for side-by-side tables): threshold 0.5, Wilson 95% CIs."""
+  out = {}
+  for j, name in enumerate(label_names):
+    known = preds["labels"][:, j] >= 0
+    y, s = preds["labels"][known, j], preds["probs"][known, j]
+    if len(y):
+      out[name] = evaluate.threshold_report(y, s, 0.5)
   return out
 
 
 def _value(d):
   return d["value"] if isinstance(d, dict) else d
+
+
+def _metric(result, kind, target, metric):
+  """result[kind][target][metric], or NaN for a task the method has no head for."""
+  return result.get(kind, {}).get(target, {}).get(metric, {"value": float("nan")})
 
 
 def summary_table(results, meta):
@@ -42,12 +66,16 @@ def summary_table(results, meta):
     groups.setdefault(f"{r['init']}-{r['mode']}@{r['label_fraction']:g}", []).append(r)
   rows = []
   for p in meta.phenotype_names:
-    rows.append((f"{p} R2", {g: [r["phenotypes"][p]["r2"] for r in rs] for g, rs in groups.items()}))
+    rows.append((f"{p} R2", {g: [_metric(r, "phenotypes", p, "r2") for r in rs]
+                             for g, rs in groups.items()}))
   for d in meta.label_names:  # the counts say how far a CI can be trusted (the test split's)
-    counts = {(r["diseases"][d]["n_positive"], r["diseases"][d].get("n_negative")) for r in results.values()}
+    counts = {(r["diseases"][d]["n_positive"], r["diseases"][d].get("n_negative"))
+              for r in results.values() if d in r.get("diseases", {})}
     label = f"{d} AUROC" + "".join(f" ({p} pos / {n} neg)" for p, n in sorted(counts, key=str))
-    rows.append((label, {g: [r["diseases"][d]["auroc"] for r in rs] for g, rs in groups.items()}))
-  mean_r2 = {g: [{"value": float(np.nanmean([_value(r["phenotypes"][p]["r2"]) for p in meta.phenotype_names]))}
+    rows.append((label, {g: [_metric(r, "diseases", d, "auroc") for r in rs]
+                         for g, rs in groups.items()}))
+  mean_r2 = {g: [{"value": float(np.nanmean([_value(_metric(r, "phenotypes", p, "r2"))
+                                             for p in meta.phenotype_names] or [np.nan]))}
                  for r in rs] for g, rs in groups.items()}
   rows.insert(len(meta.phenotype_names), ("mean phenotype R2", mean_r2))
   return list(groups), rows
@@ -71,6 +99,10 @@ def write_tables(workdir, results, meta):
   with open(workdir.file("finetune", "results.md"), "w") as f:
     f.write("Test split; 95% bootstrap CIs over subjects (one seed) or mean ± sd over seeds.\n\n")
     f.write("\n".join(lines) + "\n")
+    release = release_table(results)
+    if release:
+      f.write("\nRelease-comparable (as the authors report): threshold 0.5, Wilson 95% CIs; "
+              "not the validation-chosen thresholds above.\n\n" + "\n".join(release) + "\n")
   with open(workdir.file("finetune", "results.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["method", "init", "mode", "label_fraction", "seed", "target", "metric", "value",
@@ -78,12 +110,25 @@ def write_tables(workdir, results, meta):
     for name, r in results.items():
       head = [name, r["init"], r["mode"], r["label_fraction"], r["seed"]]
       for kind in ("phenotypes", "diseases"):
-        for target, metrics in r[kind].items():
+        for target, metrics in r.get(kind, {}).items():
           for metric, v in metrics.items():
             if isinstance(v, dict) and "value" in v:
               w.writerow(head + [target, metric, v["value"], v.get("low"), v.get("high"),
                                  metrics.get("n"), metrics.get("n_positive"), metrics.get("n_negative")])
   return "\n".join(lines)
+
+
+def release_table(results):
+  """Markdown rows: one per (method, disease), the RELEASE_METRICS at threshold 0.5."""
+  lines = []
+  for name, r in results.items():
+    for disease, m in r.get("diseases_release", {}).items():
+      cells = [f"{m[k]['value']:.3f} ({m[k]['low']:.3f}-{m[k]['high']:.3f})" for k in RELEASE_METRICS]
+      lines.append(f"| {name} | {disease} | " + " | ".join(cells) + " |")
+  if not lines:
+    return []
+  return (["| method | disease | " + " | ".join(RELEASE_METRICS) + " |",
+           "|---|---|" + "---|" * len(RELEASE_METRICS)] + lines)
 
 
 def write_figures(workdir, test_preds, meta):
@@ -93,6 +138,8 @@ def write_figures(workdir, test_preds, meta):
   for j, name in enumerate(meta.label_names):
     ax = axes[0, j]
     for method, p in test_preds.items():
+      if p["probs"] is None:
+        continue
       known = p["labels"][:, j] >= 0
       y, s = p["labels"][known, j], p["probs"][known, j]
       if len(np.unique(y)) < 2:
@@ -106,8 +153,11 @@ def write_figures(workdir, test_preds, meta):
   fig.savefig(workdir.file("finetune", "roc_curves.png"), dpi=110)
   plt.close(fig)
 
-  method, p = next(iter(test_preds.items()))
+  method, p = next(((m, p) for m, p in test_preds.items() if p["phenotypes_pred"] is not None),
+                   (None, None))
   names = meta.phenotype_names
+  if p is None or not names:
+    return
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)

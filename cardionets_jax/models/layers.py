@@ -24,11 +24,13 @@ def logical_dense(features, axes, *, dtype, name=None, use_bias=True, kernel_ini
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
 
 
-def layer_norm(dtype, name=None):
+def layer_norm(dtype, name=None, eps=1e-6, axis="embed"):
+  """LayerNorm over the last axis, whose logical name is `axis`. eps: 1e-6 is timm's ViT and our
+  default, 1e-5 PyTorch's (ST-MEM)."""
   return nn.LayerNorm(
-      epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+      epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)))
 
 
 def constrain(x, *axes):
@@ -77,14 +79,17 @@ class Attention(nn.Module):
 
 
 class MlpBlock(nn.Module):
+  """fc1 -> GELU -> fc2. `exact_gelu`: the erf GELU of PyTorch's nn.GELU (timm, ST-MEM); False:
+  the tanh approximation."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  exact_gelu: bool = True
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
     h = logical_dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
-    h = constrain(nn.gelu(h), "batch", "seq", "mlp")
+    h = constrain(nn.gelu(h, approximate=not self.exact_gelu), "batch", "seq", "mlp")
     return logical_dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
 
 
@@ -94,32 +99,43 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  norm_eps: float = 1e-6
+  exact_gelu: bool = True
 
   @nn.compact
   def __call__(self, x, train=False, mask=None):
     """mask: optional (B, S) boolean key mask, see `Attention`."""
     drop = nn.Dropout(self.dropout, deterministic=not train)
-    x = x + drop(Attention(self.num_heads, self.dtype, name="attn")(layer_norm(self.dtype, "ln1")(x),
-                                                                    mask))
-    x = x + drop(MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "ln2")(x)))
+    norm = lambda name: layer_norm(self.dtype, name, self.norm_eps)
+    x = x + drop(Attention(self.num_heads, self.dtype, name="attn")(norm("ln1")(x), mask))
+    x = x + drop(MlpBlock(self.mlp_dim, self.dtype, self.exact_gelu, name="mlp")(norm("ln2")(x)))
     return constrain(x, "batch", "seq", "embed")
 
 
 class Transformer(nn.Module):
-  """A stack of encoder blocks and a final norm."""
+  """A stack of encoder blocks and a final norm (`ln_final`).
+
+  `__call__(..., normalize=False)` skips the final norm (the release aligns to the CMR encoder's
+  un-normed CLS token); `final_norm=False` builds none (a model that norms elsewhere).
+  """
   depth: int
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  norm_eps: float = 1e-6
+  exact_gelu: bool = True
+  final_norm: bool = True
 
   @nn.compact
-  def __call__(self, x, train=False, mask=None):
+  def __call__(self, x, train=False, mask=None, normalize=True):
     """mask: optional (B, S) boolean key mask, see `Attention`."""
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype, name=f"block{i}")(
-          x, train, mask)
-    return layer_norm(self.dtype, "ln_final")(x)
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.norm_eps,
+                       self.exact_gelu, name=f"block{i}")(x, train, mask)
+    if self.final_norm and normalize:
+      return layer_norm(self.dtype, "ln_final", self.norm_eps)(x)
+    return x
 
 
 def learned_embedding(module, name, shape, axes):

@@ -46,8 +46,17 @@ def num_tokens(video_shape, patch):
   return (video_shape[0] // patch[0]) * (video_shape[1] // patch[1]) * (video_shape[2] // patch[2])
 
 
+POOLS = ("cls_prenorm", "cls", "mean")
+
+
 class CmrEncoder(nn.Module):
-  """ViT over tube patches of a cine; `__call__` gives pooled features."""
+  """ViT over tube patches of a cine (timm's VisionTransformer with the frames as channels);
+  `__call__` gives pooled features.
+
+  pool: "cls_prenorm" the CLS token of the last block before the final LayerNorm (what the
+  release aligns to: timm's `forward_features` with the norm left out); "cls" the final-normed
+  CLS token; "mean" the mean of the final-normed patch tokens.
+  """
   num_frames: int
   image_size: int
   patch_size: int
@@ -56,7 +65,9 @@ class CmrEncoder(nn.Module):
   num_heads: int
   mlp_dim: int
   patch_frames: Optional[int] = None
-  pool: str = "mean"
+  pool: str = "cls_prenorm"
+  norm_eps: float = 1e-6          # timm's ViT
+  exact_gelu: bool = True
   dtype: Any = jnp.float32
 
   @property
@@ -68,11 +79,15 @@ class CmrEncoder(nn.Module):
     return num_tokens((self.num_frames, self.image_size, self.image_size), self.patch)
 
   def setup(self):
+    if self.pool not in POOLS:
+      raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
     self.patch_embed = layers.logical_dense(self.width, ("patch", "embed"), dtype=self.dtype)
     self.pos_embed = layers.learned_embedding(self, "pos_embed", (1, self.num_patches, self.width),
                                               (None, "seq", "embed"))
+    # timm's cls_token with its position embedding (pos_embed[:, 0]) folded in.
     self.cls = layers.learned_embedding(self, "cls", (1, 1, self.width), (None, None, "embed"))
-    self.transformer = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, dtype=self.dtype)
+    self.transformer = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, dtype=self.dtype,
+                                          norm_eps=self.norm_eps, exact_gelu=self.exact_gelu)
 
   def embed(self, video):
     """uint8 cine -> position-embedded patch tokens (B, N, width)."""
@@ -80,16 +95,16 @@ class CmrEncoder(nn.Module):
     x = self.patch_embed(x) + self.pos_embed.astype(self.dtype)
     return layers.constrain(x, "batch", "seq", "embed")
 
-  def encode(self, tokens, train=False):
-    """Prepends CLS and runs the transformer: (B, n, D) -> (B, 1 + n, D)."""
+  def encode(self, tokens, train=False, normalize=True):
+    """Prepends CLS and runs the transformer: (B, n, D) -> (B, 1 + n, D), final-normed unless
+    `normalize` is False."""
     cls = jnp.broadcast_to(self.cls.astype(tokens.dtype), (tokens.shape[0], 1, self.width))
-    return self.transformer(jnp.concatenate([cls, tokens], axis=1), train)
-
-  def pool_features(self, h):
-    return h[:, 0] if self.pool == "cls" else jnp.mean(h[:, 1:], axis=1)
+    return self.transformer(jnp.concatenate([cls, tokens], axis=1), train, normalize=normalize)
 
   def __call__(self, video, train=False):
-    return self.pool_features(self.encode(self.embed(video), train)).astype(jnp.float32)
+    h = self.encode(self.embed(video), train, normalize=self.pool != "cls_prenorm")
+    features = jnp.mean(h[:, 1:], axis=1) if self.pool == "mean" else h[:, 0]
+    return features.astype(jnp.float32)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -111,7 +126,8 @@ class MaskedAutoencoder(nn.Module):
     self.decoder_pos_embed = layers.learned_embedding(
         self, "decoder_pos_embed", (1, enc.num_patches + 1, self.decoder_width), (None, "seq", "embed"))
     self.decoder = layers.Transformer(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim,
-                                      dtype=self.dtype)
+                                      dtype=self.dtype, norm_eps=enc.norm_eps,
+                                      exact_gelu=enc.exact_gelu)
     self.predict = layers.logical_dense(patch_dim, ("embed", "patch"), dtype=self.dtype)
 
   def __call__(self, video, train=False):

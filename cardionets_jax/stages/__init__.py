@@ -2,6 +2,7 @@
 
     mae -> align -> finetune          (finetune's `cmr` baseline reads mae alone)
     vae + align -> tokenize -> mar    (mar also reads mae, for its phenotype probe)
+    stmem -> align, finetune          (only when asked for: align's ECG init, finetune's `stmem`)
 
 Each stage module defines `STAGE`: its name, the upstream stages a given config reads, what it
 hands on, `run(config, context)`, and for trained stages how it builds its task (shape-only:
@@ -13,7 +14,7 @@ import dataclasses
 import importlib
 from typing import Callable, Optional
 
-NAMES = ("mae", "align", "finetune", "vae", "tokenize", "mar")
+NAMES = ("stmem", "mae", "align", "finetune", "vae", "tokenize", "mar")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ state); hands on `params/ecg_encoder` (and both projectors) through its
 Orbax checkpoint.
 """
 
+import functools
 import time
 
 import flax.linen as nn
@@ -59,7 +60,9 @@ class AlignModel(nn.Module):
 def build_ecg_encoder(config, dtype=jnp.float32):
   m = config.model
   return ecg_models.EcgEncoder(num_samples=m.num_samples, patch_size=m.patch_size, width=m.width,
-                               depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim, dtype=dtype)
+                               depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+                               norm_eps=m.norm_eps, exact_gelu=m.exact_gelu,
+                               patch_norm=m.patch_norm, pool=m.pool, dtype=dtype)
 
 
 def build_model(config):
@@ -110,36 +113,47 @@ def crop_averaged(model, params, ecg, lead_mask, config):
   return jnp.mean(jnp.stack(feats), axis=0), jnp.mean(jnp.stack(embeddings), axis=0)
 
 
-def augment(ecg, lead_mask, rng, config):
-  """Training-time ECG augmentation: random crop, noise, lead dropout."""
+def augment(ecg, lead_mask, rng, num_samples, noise_std=0.0, lead_dropout=0.0):
+  """Training-time ECG augmentation: a random crop of `num_samples`, Gaussian noise of
+  `noise_std` times each example's std, each lead dropped with probability `lead_dropout`."""
   crop_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
-  ecg = random_crop(ecg, crop_rng, config.model.num_samples)
-  a = config.align
-  if a.noise_std:
+  ecg = random_crop(ecg, crop_rng, num_samples)
+  if noise_std:
     scale = jnp.std(ecg, axis=(1, 2), keepdims=True)
-    ecg = ecg + a.noise_std * scale * jax.random.normal(noise_rng, ecg.shape, ecg.dtype)
-  if a.lead_dropout:
-    keep = jax.random.bernoulli(drop_rng, 1.0 - a.lead_dropout, lead_mask.shape)
+    ecg = ecg + noise_std * scale * jax.random.normal(noise_rng, ecg.shape, ecg.dtype)
+  if lead_dropout:
+    keep = jax.random.bernoulli(drop_rng, 1.0 - lead_dropout, lead_mask.shape)
     dropped = lead_mask * keep.astype(lead_mask.dtype)
     # Never drop every lead of an example.
     lead_mask = jnp.where(jnp.any(dropped > 0, axis=1, keepdims=True), dropped, lead_mask)
   return ecg, lead_mask
 
 
-def descriptors(cmr_features, phenotypes, frozen, config):
-  """phi: the clinical descriptor W is computed from, unit-normed rows.
+PHI_NORMS = ("none", "unit")
 
-  "pca": the frozen CMR features projected on their training-split principal
-  axes (the release); "phenotypes": the z-scored phenotypes (missing -> 0).
-  Unit norm puts squared distances in [0, 4], the scale sigma is set for.
+
+def descriptors(cmr_features, phenotypes, frozen, config):
+  """phi: the clinical descriptor W is computed from (W_ik = 1 - exp(-|phi_i - phi_k|^2 / sigma^2)).
+
+  `align.phi`: "pca" the frozen CMR features projected on their training-split principal axes
+  (the release); "phenotypes" the z-scored phenotypes (missing -> 0).
+  `align.phi_norm`: "none" (the release) keeps their scale: with 128 raw PCA scores |phi_i - phi_k|
+  is large next to sigma = 0.5, so W is close to 1 for nearly every pair and the loss is close to
+  plain InfoNCE. "unit" scales each row to unit norm: squared distances lie in [0, 4], the range
+  sigma = 0.5 is set for, and W really down-weights negatives that resemble the positive.
   """
-  if config.align.phi == "pca":
+  a = config.align
+  if a.phi == "pca":
     phi = (cmr_features - frozen["pca_mean"]) @ frozen["pca_components"]
-  elif config.align.phi == "phenotypes":
+  elif a.phi == "phenotypes":
     phi = jnp.nan_to_num((phenotypes - frozen["phen_mean"]) / frozen["phen_std"])
   else:
-    raise ValueError(f"align.phi must be 'pca' or 'phenotypes', got {config.align.phi!r}")
-  return phi / jnp.maximum(jnp.linalg.norm(phi, axis=-1, keepdims=True), 1e-6)
+    raise ValueError(f"align.phi must be 'pca' or 'phenotypes', got {a.phi!r}")
+  if a.phi_norm == "unit":
+    return phi / jnp.maximum(jnp.linalg.norm(phi, axis=-1, keepdims=True), 1e-6)
+  if a.phi_norm != "none":
+    raise ValueError(f"align.phi_norm must be one of {PHI_NORMS}, got {a.phi_norm!r}")
+  return phi
 
 
 def make_task(config, context=None, data_dir=None, meta=None):
@@ -165,7 +179,9 @@ def make_task(config, context=None, data_dir=None, meta=None):
                 phen_mean=jnp.zeros((num_phenotypes,)), phen_std=jnp.ones((num_phenotypes,)))
 
   def loss_fn(params, frozen, batch, rng, step):
-    ecg, lead_mask = augment(batch["ecg"], batch["lead_mask"], rng, config)
+    a = config.align
+    ecg, lead_mask = augment(batch["ecg"], batch["lead_mask"], rng, config.model.num_samples,
+                             a.noise_std, a.lead_dropout)
     cmr_features = jax.lax.stop_gradient(
         cmr_encoder.apply({"params": frozen["cmr_encoder"]}, batch["cmr"]))
     e, c = model.apply({"params": params}, ecg, lead_mask, cmr_features, train=True)
@@ -173,17 +189,25 @@ def make_task(config, context=None, data_dir=None, meta=None):
     return losses.weighted_info_nce(e, c, phi, tau=config.align.tau, sigma=config.align.sigma,
                                     weighted=config.align.weighted)
 
-  load_frozen = None
+  load_frozen = load_params = None
   if context is not None:
-    upstream = context.upstream("mae", config)
-
-    def load_frozen(abstract, mesh, rules):
-      return _load_frozen(abstract, mesh, rules, upstream, data_dir, meta, cmr_encoder)
-
+    load_frozen = functools.partial(_load_frozen, upstream=context.upstream("mae", config),
+                                    data_dir=data_dir, meta=meta, cmr_encoder=cmr_encoder)
+    if config.align.ecg_init == "stmem":
+      load_params = functools.partial(_load_stmem_encoder, context.upstream("stmem", config))
   task = loop.Task(init_params=init_params, loss_fn=loss_fn,
                    spec=example_spec(config, num_phenotypes), init_frozen=init_frozen,
-                   load_frozen=load_frozen)
+                   load_frozen=load_frozen, load_params=load_params)
   return model, cmr_encoder, task
+
+
+def _load_stmem_encoder(source, abstract, mesh, rules):
+  """The ECG encoder's initial weights: an stmem checkpoint's (trained or converted)."""
+  del mesh, rules
+  encoder, step = ckpt_lib.restore_subtree(source.reference, ("params", "encoder"),
+                                           abstract["ecg_encoder"])
+  metrics_lib.log("ECG encoder initialised from ST-MEM weights %s (step %d)", source.path, step)
+  return {"ecg_encoder": encoder}
 
 
 def _load_frozen(abstract, mesh, rules, upstream, data_dir, meta, cmr_encoder):
@@ -270,26 +294,29 @@ def run(config, context):
   model, cmr_encoder, task = make_task(config, context, data_dir, meta)
   trainer = loop.Trainer(config, workdir, "align", data_dir, task, mesh=context.mesh)
   evaluator = Evaluator(config, model, cmr_encoder, trainer, data_dir, meta)
-  baseline = evaluator.evaluate(trainer.state)  # the randomly initialised ECG encoder
+  baseline = evaluator.evaluate(trainer.state)  # the initial ECG encoder (random or ST-MEM)
   state = trainer.fit()
   aligned = evaluator.evaluate(state)
 
   results = dict(
       stage="align", variant=config.variant, step=int(state.step),
-      loss=dict(weighted=config.align.weighted, phi=config.align.phi, tau=config.align.tau,
+      ecg_init=config.align.ecg_init,
+      loss=dict(weighted=config.align.weighted, phi=config.align.phi,
+                phi_norm=config.align.phi_norm, tau=config.align.tau,
                 sigma=config.align.sigma),
       retrieval=dict(aligned=aligned["retrieval"], random_init=baseline["retrieval"]),
       probe_r2=dict(aligned_ecg=aligned["ecg_probe"]["r2"],
                     random_init_ecg=baseline["ecg_probe"]["r2"],
                     cmr_encoder=aligned["cmr_probe"]["r2"]),
       probe_splits=aligned["ecg_probe"]["splits"],
-      upstream=dict(mae=context.upstream("mae", config).describe(config.data)),
+      upstream={name: context.upstream(name, config).describe(config.data)
+                for name in upstream_stages(config)},
       checkpoint=f"{trainer.checkpoint_dir}/{int(state.step)}",
       wall_time_s=time.time() - start)
   if jax.process_index() == 0:
     figure = workdir.file("align", "ecg_embeddings.png")
-    embedding_figure(figure, [("random-init ECG encoder", baseline["test_embeddings"],
-                               baseline["test_phenotypes"]),
+    initial = f"{config.align.ecg_init}-init ECG encoder"
+    embedding_figure(figure, [(initial, baseline["test_embeddings"], baseline["test_phenotypes"]),
                               ("aligned ECG encoder", aligned["test_embeddings"],
                                aligned["test_phenotypes"])], meta.phenotype_names)
   common.write_results(workdir, "align", results)
@@ -303,7 +330,11 @@ def run(config, context):
   return results
 
 
-STAGE = stages.Stage(name="align", upstream=lambda config: ("mae",),
+def upstream_stages(config):
+  return ("mae",) + (("stmem",) if config.align.ecg_init == "stmem" else ())
+
+
+STAGE = stages.Stage(name="align", upstream=upstream_stages,
                      hands_on="params/ecg_encoder (EcgEncoder), params/ecg_proj, params/cmr_proj",
                      run=run, task=lambda config: make_task(config)[-1],
                      train_flops=train_flops_per_example)

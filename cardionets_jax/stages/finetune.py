@@ -5,6 +5,7 @@ logits), trained on a seeded fraction of the training subjects, early-stopped
 on the validation split and evaluated on the test split:
 
   aligned  the ECG encoder from the align stage
+  stmem    the ECG encoder from ST-MEM pre-training, not aligned (the release's `pretrain`)
   scratch  the same ECG encoder from random init
   cmr      the mae CMR encoder on the true cine (the upper bound)
 
@@ -35,8 +36,11 @@ from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import loop
 from cardionets_jax.train import metrics as metrics_lib
 
-INITS = ("aligned", "scratch", "cmr")
-UPSTREAM_OF_INIT = {"aligned": "align", "cmr": "mae"}  # scratch reads no checkpoint
+INITS = ("aligned", "stmem", "scratch", "cmr")
+UPSTREAM_OF_INIT = {"aligned": "align", "stmem": "stmem", "cmr": "mae"}  # scratch reads none
+ENCODER_SUBTREE = {"aligned": ("params", "ecg_encoder"), "stmem": ("params", "encoder"),
+                   "cmr": ("params", "encoder")}
+PHENOTYPE_HEADS = ("linear", "mlp")
 
 
 def upstream(config):
@@ -45,27 +49,52 @@ def upstream(config):
 
 
 class Finetuner(nn.Module):
-  """An encoder (ECG or CMR) and linear phenotype and disease heads."""
+  """An encoder (ECG or CMR) and the heads of `tasks`: phenotypes (linear, or the release's MLP
+  width -> 256 -> GELU -> 128 -> GELU -> P) and disease logits (linear). A task left out has no
+  head and predicts an empty (B, 0) array."""
   encoder: nn.Module
   num_phenotypes: int
   num_labels: int
   input: str = "ecg"
+  tasks: tuple = ("phenotypes", "disease")
+  phenotype_head: str = "linear"
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.phenotype_head = layers.logical_dense(max(self.num_phenotypes, 1), ("embed", None),
-                                               dtype=self.dtype)
-    self.disease_head = layers.logical_dense(max(self.num_labels, 1), ("embed", None),
-                                             dtype=self.dtype)
+    if self.phenotype_head not in PHENOTYPE_HEADS:
+      raise ValueError(f"phenotype_head must be one of {PHENOTYPE_HEADS}, not {self.phenotype_head!r}")
+    dense = lambda n, name: layers.logical_dense(n, ("embed", None), dtype=self.dtype, name=name)
+    if self.predicts_phenotypes:
+      widths = (256, 128) if self.phenotype_head == "mlp" else ()
+      self.phenotype_layers = [dense(w, f"phenotype_hidden{i}") for i, w in enumerate(widths)]
+      self.phenotype_head_out = dense(self.num_phenotypes, "phenotype_head")
+    if self.predicts_disease:
+      self.disease_head = dense(self.num_labels, "disease_head")
 
   def features(self, x, lead_mask=None, train=False):
     if self.input == "ecg":
       return self.encoder(x, lead_mask, train)
     return self.encoder(x, train)
 
+  @property
+  def predicts_phenotypes(self):
+    return "phenotypes" in self.tasks and self.num_phenotypes > 0
+
+  @property
+  def predicts_disease(self):
+    return "disease" in self.tasks and self.num_labels > 0
+
   def heads(self, features):
-    return (self.phenotype_head(features).astype(jnp.float32),
-            self.disease_head(features).astype(jnp.float32))
+    b = features.shape[0]
+    phen = logits = jnp.zeros((b, 0), jnp.float32)
+    if self.predicts_phenotypes:
+      h = features
+      for layer in self.phenotype_layers:
+        h = nn.gelu(layer(h), approximate=False)
+      phen = self.phenotype_head_out(h).astype(jnp.float32)
+    if self.predicts_disease:
+      logits = self.disease_head(features).astype(jnp.float32)
+    return phen, logits
 
   def __call__(self, x, lead_mask=None, train=False):
     return self.heads(self.features(x, lead_mask, train))
@@ -75,42 +104,62 @@ def method_name(init, mode, fraction, seed):
   return f"{init}-{mode}-labels{fraction:g}-seed{seed}"
 
 
-def masked_losses(phen_pred, logits, phenotypes_z, labels):
-  """Mean squared error over present phenotypes; BCE over present labels."""
+def phenotype_loss(phen_pred, phenotypes_z):
+  """Mean squared error over present (non-NaN) z-scored phenotypes."""
   present = ~jnp.isnan(phenotypes_z)
   sq = jnp.where(present, jnp.square(phen_pred - jnp.nan_to_num(phenotypes_z)), 0.0)
-  phen_loss = jnp.sum(sq) / jnp.maximum(jnp.sum(present), 1)
+  return jnp.sum(sq) / jnp.maximum(jnp.sum(present), 1)
+
+
+def disease_loss(logits, labels):
+  """Binary cross-entropy over known labels (-1: unknown)."""
   known = labels >= 0
   bce = optax.sigmoid_binary_cross_entropy(logits, jnp.clip(labels, 0, 1).astype(jnp.float32))
-  disease_loss = jnp.sum(jnp.where(known, bce, 0.0)) / jnp.maximum(jnp.sum(known), 1)
-  return phen_loss, disease_loss
+  return jnp.sum(jnp.where(known, bce, 0.0)) / jnp.maximum(jnp.sum(known), 1)
+
+
+def ecg_encoder_config(config, init, context=None):
+  """The config the ECG encoder is built from: the finetune config itself when it describes its
+  encoder (`model`: converted weights), else the config saved with the checkpoint `init` starts
+  from. `scratch` (and the shape of `cmr`'s unused ECG input) take the aligned encoder's, or the
+  ST-MEM one's, so that the baselines differ in their initial weights only."""
+  if "model" in config:
+    return config
+  reads = upstream(config)
+  stage = UPSTREAM_OF_INIT.get(init)
+  if stage not in ("align", "stmem"):
+    stage = next((s for s in ("align", "stmem") if s in reads), "align")
+  return context_lib.upstream_config(stage, config, context if stage in reads else None)
 
 
 class Method:
   """One (init, mode, label fraction, seed): its task, training and predictions."""
 
-  def __init__(self, config, init, fraction, seed, meta, context=None, data_dir=None):
-    """`context` resolves the upstream checkpoints (none: shape-only use, random encoders)."""
+  def __init__(self, config, init, fraction, seed, meta, context=None, data_dir=None, tasks=None):
+    """`context` resolves the upstream checkpoints (none: shape-only use, random encoders).
+    `tasks`: the heads of this model (default `finetune.tasks`; one per model with
+    `finetune.per_task`), named in `self.name` when given."""
     if init not in INITS:
       raise ValueError(f"finetune.inits holds {init!r}; known: {INITS}")
     self.config, self.init, self.fraction, self.seed = config, init, fraction, seed
-    self.mode = config.finetune.mode
-    self.name = method_name(init, self.mode, fraction, seed)
+    f = config.finetune
+    self.mode, self.tasks = f.mode, tuple(tasks or f.tasks)
+    self.name = method_name(init, self.mode, fraction, seed) + (f"-{'+'.join(tasks)}" if tasks
+                                                               else "")
     self.context, self.data_dir, self.meta = context, data_dir, meta
     dtype = jnp.dtype(config.train.compute_dtype)
     self.input = "cmr" if init == "cmr" else "ecg"
-    # The ECG encoder's architecture (and crops) are the align checkpoint's when this run reads
-    # one, so that `scratch` is the same network as `aligned`.
-    reads = upstream(config)
     self.upstream_name = UPSTREAM_OF_INIT.get(init)
-    self.align_config = context_lib.upstream_config(
-        "align", config, context if "align" in reads else None)
-    mae_config = context_lib.upstream_config("mae", config, context if "mae" in reads else None)
-    encoder = (mae.build_encoder(mae_config, dtype) if self.input == "cmr"
-               else align.build_ecg_encoder(self.align_config, dtype))
+    self.encoder_config = ecg_encoder_config(config, init, context)
+    if self.input == "cmr":
+      reads_mae = "mae" in upstream(config)
+      encoder = mae.build_encoder(
+          context_lib.upstream_config("mae", config, context if reads_mae else None), dtype)
+    else:
+      encoder = align.build_ecg_encoder(self.encoder_config, dtype)
     self.depth = encoder.depth
     self.model = Finetuner(encoder, len(meta.phenotype_names), len(meta.label_names), self.input,
-                           dtype)
+                           self.tasks, f.phenotype_head, dtype)
     self.phen_mean = np.asarray(meta.phenotype_mean, np.float32)
     self.phen_std = np.asarray(meta.phenotype_std, np.float32)
 
@@ -130,7 +179,8 @@ class Method:
   def _dummy(self):
     c = self.config
     if self.input == "ecg":
-      return (jnp.zeros((1, 12, self.align_config.model.num_samples)), jnp.ones((1, 12), jnp.uint8))
+      return (jnp.zeros((1, 12, self.encoder_config.model.num_samples)),
+              jnp.ones((1, 12), jnp.uint8))
     return (jnp.zeros((1, c.data.cmr_frames, c.data.cmr_size, c.data.cmr_size), jnp.uint8), None)
 
   def _init_all(self, rng):
@@ -138,8 +188,8 @@ class Method:
 
   def task(self):
     linear = self.mode == "linear"
-    weights = self.config.finetune
-    model, acfg = self.model, self.align_config
+    f = self.config.finetune
+    model, num_samples = self.model, self.encoder_config.model.num_samples
 
     def init_params(rng):
       params = self._init_all(rng)
@@ -151,18 +201,20 @@ class Method:
     def loss_fn(params, frozen, batch, rng, step):
       variables = {**jax.lax.stop_gradient(frozen), **params}
       if self.input == "ecg":
-        ecg, lead_mask = align.augment(batch["ecg"], batch["lead_mask"], rng, acfg)
+        ecg, lead_mask = align.augment(batch["ecg"], batch["lead_mask"], rng, num_samples,
+                                       f.noise_std, f.lead_dropout)
         phen, logits = model.apply({"params": variables}, ecg, lead_mask, train=True)
       else:
         phen, logits = model.apply({"params": variables}, batch["cmr"], train=True)
-      z = (batch["phenotypes"] - self.phen_mean) / self.phen_std
-      phen_loss, disease_loss = masked_losses(phen, logits, z, batch["labels"])
-      loss = 0.0
-      if "phenotypes" in weights.tasks:
-        loss += weights.phenotype_weight * phen_loss
-      if "disease" in weights.tasks:
-        loss += weights.disease_weight * disease_loss
-      return loss, dict(phenotype_loss=phen_loss, disease_loss=disease_loss)
+      loss, metrics = 0.0, {}
+      if model.predicts_phenotypes:
+        z = (batch["phenotypes"] - self.phen_mean) / self.phen_std
+        metrics["phenotype_loss"] = phenotype_loss(phen, z)
+        loss += f.phenotype_weight * metrics["phenotype_loss"]
+      if model.predicts_disease:
+        metrics["disease_loss"] = disease_loss(logits, batch["labels"])
+        loss += f.disease_weight * metrics["disease_loss"]
+      return loss, metrics
 
     load = None if self.init == "scratch" else (
         lambda abstract, mesh, rules: {"encoder": self._upstream_encoder(abstract["encoder"])})
@@ -203,21 +255,21 @@ class Method:
 
   def _upstream_encoder(self, abstract_encoder):
     source = self.context.upstream(self.upstream_name, self.config)
-    subtree = ("params", "ecg_encoder") if self.init == "aligned" else ("params", "encoder")
-    restored, step = ckpt_lib.restore_subtree(source.reference, subtree, abstract_encoder)
+    restored, step = ckpt_lib.restore_subtree(source.reference, ENCODER_SUBTREE[self.init],
+                                              abstract_encoder)
     metrics_lib.log("%s: encoder from %s (step %d)", self.name, source.path, step)
     return restored
 
   # ---- evaluation ----------------------------------------------------------------------------
 
   def predictor(self):
-    model, acfg = self.model, self.align_config
+    model, num_samples = self.model, self.encoder_config.model.num_samples
+    crops = self.config.finetune.eval_crops
 
     def predict(variables, batch):
       if self.input == "ecg":
         feats = [model.apply({"params": variables}, crop, batch["lead_mask"], method=model.features)
-                 for crop in align.eval_crops(batch["ecg"], acfg.model.num_samples,
-                                              acfg.align.eval_crops)]
+                 for crop in align.eval_crops(batch["ecg"], num_samples, crops)]
         feats = jnp.mean(jnp.stack(feats), axis=0)
       else:
         feats = model.apply({"params": variables}, batch["cmr"], method=model.features)
@@ -230,8 +282,14 @@ class Method:
     (phen_z, probs), kept = splits.map_split(
         lambda b: predict(variables, b), self.data_dir, self.split(split),
         self.fields[:-2], trainer.mesh, trainer.rules, keep=("phenotypes", "labels"))
-    return dict(phenotypes_pred=phen_z * self.phen_std + self.phen_mean, probs=probs,
+    return dict(phenotypes_pred=self.phenotypes(phen_z), probs=probs,
                 phenotypes=kept["phenotypes"], labels=kept["labels"])
+
+  def phenotypes(self, phen_z):
+    """Predicted z-scores -> phenotypes in their units ((n, 0) from a model without the head)."""
+    if not self.model.predicts_phenotypes:
+      return np.zeros((phen_z.shape[0], 0), np.float32)
+    return np.asarray(phen_z) * self.phen_std + self.phen_mean
 
 
   def split(self, name):
@@ -247,7 +305,7 @@ class Method:
     predict = self.predictor()
     variables = lambda state: {**state.frozen, **state.params}
     score = lambda state, step: clinical.selection_score(
-        self.predictions(predict, variables(state), "val", trainer), self.config.finetune.tasks)
+        self.predictions(predict, variables(state), "val", trainer), self.tasks)
     state = trainer.fit(early_stopping=loop.EarlyStopping(score, self.config.finetune.patience))
     stopped = bool(trainer.progress.get("stopped")) and int(state.step) < cfg.train.num_steps
     best = trainer.progress.get("best_step")
@@ -258,6 +316,43 @@ class Method:
     val = self.predictions(predict, final, "val", trainer)
     test = self.predictions(predict, final, "test", trainer)
     return val, test, best, f"{trainer.checkpoint_dir}/{best}", stopped
+
+
+def _merged(parts, split):
+  """One method's predictions of `split` from its models: joint heads (one part), or one model
+  per task (`finetune.per_task`). A task no model predicts is None."""
+  pick = lambda has, key: next((p[split][key] for m, p in parts if has(m.model)), None)
+  first = parts[0][1][split]
+  return dict(phenotypes=first["phenotypes"], labels=first["labels"],
+              phenotypes_pred=pick(lambda m: m.predicts_phenotypes, "phenotypes_pred"),
+              probs=pick(lambda m: m.predicts_disease, "probs"))
+
+
+def _train_and_report(config, init, fraction, seed, meta, context, data_dir):
+  """Trains one method (its one model, or one per task) and reports it on the test split.
+  Returns (name, results entry, merged test predictions, methods.json entry)."""
+  f = config.finetune
+  tasks = [(t,) for t in f.tasks] if f.per_task else [None]
+  parts = []
+  for t in tasks:
+    method = Method(config, init, fraction, seed, meta, context, data_dir, tasks=t)
+    metrics_lib.log("Fine-tuning %s", method.name)
+    val, test, best_step, checkpoint, stopped = method.run()
+    parts.append((method, dict(val=val, test=test, best_step=best_step, checkpoint=checkpoint,
+                               stopped=stopped)))
+  method = parts[0][0]
+  val, test = _merged(parts, "val"), _merged(parts, "test")
+  report = clinical.report_method(method, val, test, meta, f.n_boot, f.ci_method)
+  by_part = lambda key: (parts[0][1][key] if len(parts) == 1
+                         else {m.tasks[0]: p[key] for m, p in parts})
+  name = method_name(init, method.mode, fraction, seed)
+  result = dict(report, best_step=by_part("best_step"), stopped_early=by_part("stopped"),
+                splits=dict(early_stopping=method.split("val"), thresholds=method.split("val"),
+                            metrics=method.split("test")))
+  handed = dict(init=init, mode=method.mode, label_fraction=fraction, seed=seed,
+                best_step=by_part("best_step"), checkpoint=by_part("checkpoint"),
+                thresholds={d: v["threshold"] for d, v in report.get("diseases", {}).items()})
+  return name, result, test, handed
 
 
 def run(config, context):
@@ -272,19 +367,10 @@ def run(config, context):
   for fraction in f.label_fractions:
     for seed in f.seeds:
       for init in f.inits:
-        method = Method(config, init, fraction, seed, meta, context, data_dir)
-        metrics_lib.log("Fine-tuning %s", method.name)
-        val, test, best_step, checkpoint, stopped = method.run()
-        report = clinical.report_method(method, val, test, meta, f.n_boot, f.ci_method)
-        results[method.name] = dict(report, best_step=best_step, stopped_early=stopped,
-                                    splits=dict(early_stopping=method.split("val"),
-                                                thresholds=method.split("val"),
-                                                metrics=method.split("test")))
-        handed_on[method.name] = dict(
-            init=init, mode=method.mode, label_fraction=fraction, seed=seed, best_step=best_step,
-            checkpoint=checkpoint, thresholds={d: report["diseases"][d]["threshold"]
-                                               for d in meta.label_names})
-        test_preds.setdefault(method.name, test)
+        name, result, test, handed = _train_and_report(config, init, fraction, seed, meta,
+                                                       context, data_dir)
+        results[name], handed_on[name] = result, handed
+        test_preds.setdefault(name, test)
   out = dict(stage="finetune", variant=config.variant, tasks=list(f.tasks), methods=results,
              upstream={name: context.upstream(name, config).describe(config.data)
                        for name in upstream(config)},

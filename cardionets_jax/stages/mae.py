@@ -31,7 +31,8 @@ def build_encoder(config, dtype=jnp.float32):
   return vit.CmrEncoder(
       num_frames=config.data.cmr_frames, image_size=config.data.cmr_size, patch_size=m.patch_size,
       width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-      patch_frames=m.patch_frames, pool=m.pool, dtype=dtype)
+      patch_frames=m.patch_frames, pool=m.pool, norm_eps=m.norm_eps, exact_gelu=m.exact_gelu,
+      dtype=dtype)
 
 
 def restore_encoder(reference, mesh):
