@@ -27,7 +27,7 @@ from cardionets_jax.data import preprocess
 from cardionets_jax.data import readers
 from cardionets_jax.screening import inputs
 from cardionets_jax.screening import report
-from cardionets_jax.screening.screener import Screener
+from cardionets_jax.screening.screener import Screener, method_info
 from cardionets_jax.train import metrics as metrics_lib
 from cardionets_jax.workdir import Workdir, write_json
 
@@ -43,7 +43,7 @@ def _result(screener, record, info, missing, phen, probs):
       diseases={n: dict(probability=float(probs[j]), threshold=float(thresholds[j]),
                         positive=bool(probs[j] >= thresholds[j]))
                 for j, n in enumerate(meta.label_names)},
-      models=screener.sources)
+      models=screener.sources, **({"notes": screener.notes} if screener.notes else {}))
 
 
 def _summary_row(result, meta, missing):
@@ -70,8 +70,9 @@ def _screen_batch(screener, chunk, batch_size, seed, out):
       result["cine"] = dict(nifti=f"{r.name}.nii.gz", gif=f"{r.name}.gif",
                             shape=list(cines[i].shape), seed=seed)
     write_json(os.path.join(out, f"{r.name}.json"), result)
-    report.write_report(os.path.join(out, f"{r.name}.png"), r.name, x, preprocess.TARGET_FS, result,
-                        None if cines is None else cines[i])
+    shown = x if x.ndim == 2 else x[0]           # the release's order: its first crop
+    report.write_report(os.path.join(out, f"{r.name}.png"), r.name, shown, preprocess.TARGET_FS,
+                        result, None if cines is None else cines[i])
     rows.append(_summary_row(result, screener.meta, missing))
   return rows
 
@@ -96,12 +97,12 @@ def _failure(record, reason, message):
   return dict(record=record.name, path=record.path, status="failed", reason=reason, message=message)
 
 
-def _prepare_all(records, allow_missing_leads):
+def _prepare_all(records, allow_missing_leads, preprocessing="ours"):
   """(prepared (record, ecg, mask, info) tuples, failure rows): no record stops the others."""
   prepared, failed = [], []
   for r in records:
     try:
-      prepared.append((r, *inputs.prepare(r, allow_missing_leads)))
+      prepared.append((r, *inputs.prepare(r, allow_missing_leads, preprocessing)))
     except readers.RecordError as e:
       failed.append(_failure(r, e.reason, str(e)))
     except Exception as e:  # a reader bug or an exotic file fails its record, not the run
@@ -142,12 +143,15 @@ def run(args):
     raise SystemExit(f"error: {e}") from e
   os.makedirs(args.out, exist_ok=True)
   summary = os.path.join(args.out, "summary.csv")
-  prepared, rows = _prepare_all(records, args.allow_missing_leads)
+  preprocessing = args.preprocessing
+  if preprocessing == "auto":   # the release's weights come with the release's order
+    preprocessing = method_info(Workdir(args.workdir), args.method)[1].get("preprocessing", "ours")
+  prepared, rows = _prepare_all(records, args.allow_missing_leads, preprocessing)
   failures = len(rows)
   if prepared:
     screener = Screener(Workdir(args.workdir), args.method, generate=not args.no_generate,
                         generator_workdir=Workdir(args.generator_workdir) if args.generator_workdir
-                        else None)
+                        else None, preprocessing=preprocessing)
     batch_size = args.batch_size
     progress = metrics_lib.Progress(-(-len(prepared) // batch_size), batch_size)
     for b, first in enumerate(range(0, len(prepared), batch_size)):
@@ -175,6 +179,10 @@ def parse_args(argv):
   parser.add_argument("--method", default=None, help="finetune method (default: aligned, most labels)")
   parser.add_argument("--generator-workdir", default=None,
                       help="workdir of the mar stage to generate with (default: --workdir)")
+  parser.add_argument("--preprocessing", choices=("auto",) + inputs.PREPROCESSING, default="auto",
+                      help="ECG preprocessing order: ours, or the release's (FFT resampling, "
+                           "filters on each 9 s crop); auto: the method's (converted release "
+                           "weights: release)")
   parser.add_argument("--batch-size", type=int, default=16, help="records per compiled batch")
   parser.add_argument("--seed", type=int, default=0, help="sampling seed of the cines")
   parser.add_argument("more_ecg", nargs="*", metavar="PATH", help="more records (--ecg=A B C)")

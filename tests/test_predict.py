@@ -184,3 +184,31 @@ def test_mar_sample_names_stay_in_the_samples_folder(tmp_path):
   files = _files_under(tmp_path)
   assert len(files) == 3 * len(ids)
   assert all(os.path.dirname(p) == str(out) for p in files)
+
+
+def test_screening_with_the_release_classifier_converted(records, tmp_path):
+  # The MIMIC cardiomyopathy classifier's layout (tests/golden, written by PyTorch), converted,
+  # screens with the release's preprocessing order: one disease, no phenotypes, and why.
+  from cardionets_jax.convert import __main__ as convert
+  converted = tmp_path / "release"
+  pth = os.path.join(os.path.dirname(__file__), "golden", "release_cm.pth")
+  assert convert.main(["--source=release_cm", f"--pth={pth}", f"--out={converted}",
+                       "--num-heads=2"]) == 0
+  out = tmp_path / "out"
+  assert predict.run(predict.parse_args([f"--workdir={converted}", "--ecg", records["folder"],
+                                         f"--out={out}", "--no-generate", "--batch-size=4"])) == 0
+  result = json.loads((out / "wfdb500.json").read_text())
+  assert list(result["diseases"]) == ["cardiomyopathy"]
+  assert result["diseases"]["cardiomyopathy"]["threshold"] == 0.5
+  assert 0.0 < result["diseases"]["cardiomyopathy"]["probability"] < 1.0
+  assert result["phenotypes"] == {}
+  assert "no phenotypes" in result["notes"][0] and "no phenotype head" in result["notes"][0]
+  source = result["models"]["finetune"]
+  assert source["checkpoint"].startswith(str(converted))
+  assert source["converted_from"]["file"] == "release_cm.pth"
+  assert result["input"]["preprocessing"] == "release" and result["input"]["crop_starts"] == [0, 125, 250]
+  # The same ECG at 1000 Hz: the release's order gives nearly the same probability.
+  other = json.loads((out / "wfdb1000.json").read_text())["diseases"]["cardiomyopathy"]["probability"]
+  assert abs(other - result["diseases"]["cardiomyopathy"]["probability"]) < 0.02
+  rows = _rows(out)
+  assert rows["wfdb500"]["p_cardiomyopathy"] and not any(k.startswith("lvef") for k in rows["wfdb500"])

@@ -365,3 +365,27 @@ def test_preprocess_cmr(tmp_path):
     pp.preprocess_cmr(y, path="x.npy")
   assert e.value.reason == "nonfinite" and "frame 12" in str(e.value)
   assert pp.preprocess_cmr(c[:10]).shape == (50, 96, 96)      # min_frames is inclusive
+
+
+def test_release_order_resamples_by_fft_then_filters_each_crop():
+  from cardionets_jax.data import release_preprocess as rp
+  t = np.arange(5000) / 500.0
+  x = np.tile(0.5 * np.sin(2 * np.pi * 10 * t) + 0.3 * np.sin(2 * np.pi * 60 * t)
+              + 0.8 * np.sin(2 * np.pi * 0.1 * t), (12, 1))
+  x[:, :5] += 0.01 * np.arange(5)         # not a pure tone: the leads differ a little
+  crops, mask, info = rp.preprocess_crops(EcgRecord(x, 500.0, list(STANDARD_LEADS), path="r"))
+  assert crops.shape == (3, 12, 2250) and info["crop_starts"] == [0, 125, 250]
+  # The release's chain, step by step with scipy.
+  res = sps.resample(x, 2500, axis=-1)
+  high = sps.butter(5, 0.67, btype="highpass", fs=250, output="sos")
+  low = sps.butter(5, 40, btype="lowpass", fs=250, output="sos")
+  for crop, start in zip(crops, (0, 125, 250)):
+    want = sps.sosfiltfilt(low, sps.sosfiltfilt(high, res[:, start:start + 2250], axis=-1), axis=-1)
+    np.testing.assert_allclose(crop, want, atol=1e-5)
+  # What the filters are for: 10 Hz kept, 60 Hz hum and 0.1 Hz drift gone (away from the edges).
+  mid = crops[1, 0, 500:1750]
+  spectrum = np.abs(np.fft.rfft(mid)) / len(mid) * 2
+  freqs = np.fft.rfftfreq(len(mid), 1 / 250)
+  at = lambda f: spectrum[np.argmin(np.abs(freqs - f))]
+  assert abs(at(10) - 0.5) < 0.03 and at(60) < 0.003 and abs(np.mean(mid)) < 0.02
+  assert mask.tolist() == [1] * 12 and info["preprocessing"] == "release"

@@ -284,17 +284,10 @@ class EcgConfig:
   max_peak_mv: float = MAX_PEAK_MV
 
 
-def preprocess_ecg(record: EcgRecord, cfg: EcgConfig = EcgConfig()
-                   ) -> tuple[np.ndarray, np.ndarray, dict]:
-  """A raw record -> (float32 (12, cfg.seconds * cfg.fs) mV, lead_mask uint8 (12,), info).
-
-  check -> standard order (deriving limb leads) -> band-pass at the native rate -> resample to
-  cfg.fs -> centre-crop / end-pad. Records already at cfg.fs are only filtered.
-  """
-  path = record.path
-  length = int(round(cfg.seconds * cfg.fs))
-  min_length = int(round(cfg.min_seconds * cfg.fs))
-  fs_in = float(record.fs)
+def checked_leads(record: EcgRecord, cfg: EcgConfig = EcgConfig()):
+  """The checks and lead harmonisation every preprocessing order starts with: (float64 (12, T)
+  at the native rate, lead_mask (12,), info with the checks' flags and the leads' provenance)."""
+  path, fs_in = record.path, float(record.fs)
   flags = check_ecg(record.signal, fs_in, fs_range=cfg.fs_range,
                     max_nonfinite_run=cfg.max_nonfinite_run, flat_std_mv=cfg.flat_std_mv,
                     max_median_mv=cfg.max_median_mv, max_peak_mv=cfg.max_peak_mv,
@@ -306,7 +299,23 @@ def preprocess_ecg(record: EcgRecord, cfg: EcgConfig = EcgConfig()
                       f"{n_in / fs_in:.3g} s, shorter than the minimum {cfg.min_seconds:g} s")
   x, mask = to_standard_order(x, record.leads, cfg.allow_missing_leads, path=path)
   found = [canonical_lead(n) for n in record.leads]
-  derived = [l for l, m in zip(STANDARD_LEADS, mask) if m and l not in found]
+  return x, mask, {"fs_in": fs_in, "fs_out": cfg.fs, "leads_found": found,
+                   "leads_derived": [l for l, m in zip(STANDARD_LEADS, mask) if m and l not in found],
+                   "leads_missing": [l for l, m in zip(STANDARD_LEADS, mask) if not m],
+                   "n_samples_in": int(n_in), **flags}
+
+
+def preprocess_ecg(record: EcgRecord, cfg: EcgConfig = EcgConfig()
+                   ) -> tuple[np.ndarray, np.ndarray, dict]:
+  """A raw record -> (float32 (12, cfg.seconds * cfg.fs) mV, lead_mask uint8 (12,), info).
+
+  check -> standard order (deriving limb leads) -> band-pass at the native rate -> resample to
+  cfg.fs -> centre-crop / end-pad; at cfg.fs already, only filtered. Release: release_preprocess.
+  """
+  path, fs_in = record.path, float(record.fs)
+  length = int(round(cfg.seconds * cfg.fs))
+  min_length = int(round(cfg.min_seconds * cfg.fs))
+  x, mask, info = checked_leads(record, cfg)
   # Band-pass before resampling, at the native rate: the 40 Hz low-pass then removes content
   # above the 125 Hz Nyquist of 250 Hz before the rate change (resample_poly's own anti-aliasing
   # filter comes on top), and the filter is the one the paper applies, whatever the input rate.
@@ -317,21 +326,12 @@ def preprocess_ecg(record: EcgRecord, cfg: EcgConfig = EcgConfig()
     x = resample(x, fs_in, cfg.fs)
   n_res = x.shape[1]
   x = crop_or_pad(x, length, min_length, path=path)
-  info = {
-      "fs_in": fs_in,
-      "fs_out": cfg.fs,
-      "leads_found": found,
-      "leads_derived": derived,
-      "leads_missing": [l for l, m in zip(STANDARD_LEADS, mask) if not m],
-      "resampled": resampled,
-      "resample_ratio": "{}/{}".format(*rational_ratio(fs_in, cfg.fs)[:2]) if resampled else "1/1",
-      "resample_rate_error_ppm": rational_ratio(fs_in, cfg.fs)[2] if resampled else 0.0,
-      "n_samples_in": int(n_in),
-      "n_samples_resampled": int(n_res),
-      "n_cropped": int(max(n_res - length, 0)),
-      "n_padded": int(max(length - n_res, 0)),
-      **flags,
-  }
+  info.update(
+      resampled=resampled,
+      resample_ratio="{}/{}".format(*rational_ratio(fs_in, cfg.fs)[:2]) if resampled else "1/1",
+      resample_rate_error_ppm=rational_ratio(fs_in, cfg.fs)[2] if resampled else 0.0,
+      n_samples_resampled=int(n_res), n_cropped=int(max(n_res - length, 0)),
+      n_padded=int(max(length - n_res, 0)))
   return x.astype(np.float32), mask, info
 
 

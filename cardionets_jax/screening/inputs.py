@@ -107,17 +107,25 @@ def find_records(paths, fs=None):
   return found
 
 
-def prepare(record, allow_missing_leads):
+PREPROCESSING = ("ours", "release")
+
+
+def prepare(record, allow_missing_leads, preprocessing="ours"):
+  """(ecg, lead mask, info): ours gives one 10 s window (12, 2500), the model crops it; the
+  release's order (for its weights) gives its three filtered 9 s crops (3, 12, 2250)."""
   if record.problem:
     raise readers.RecordError(*record.problem)
   raw = readers.read_ecg(record.path, fs=record.fs)
-  ecg, mask, info = preprocess.preprocess_ecg(
-      raw, preprocess.EcgConfig(allow_missing_leads=allow_missing_leads))
-  return ecg, mask, info
+  cfg = preprocess.EcgConfig(allow_missing_leads=allow_missing_leads)
+  if preprocessing == "release":
+    from cardionets_jax.data import release_preprocess
+    return release_preprocess.preprocess_crops(raw, cfg)
+  return preprocess.preprocess_ecg(raw, cfg)
 
 
 def input_checks(info, predicted_from_present):
-  keys = ("fs_in", "fs_out", "resampled", "resample_ratio", "leads_found", "leads_derived",
+  keys = ("preprocessing", "fs_in", "fs_out", "resampled", "resample_ratio", "resample_method",
+          "crop_starts", "leads_found", "leads_derived",
           "leads_missing", "n_samples_in", "n_cropped", "n_padded", "interpolated_runs",
           "min_lead_std_mv", "max_abs_mv", "flags")
   checks = {k: info[k] for k in keys if k in info}

@@ -31,6 +31,22 @@ def choose_method(methods, name=None):
   return max(aligned)[-1]
 
 
+def method_info(workdir, name=None):
+  """(name, methods.json entry) of the method screening uses."""
+  methods = workdir.read_artifact("finetune", "methods.json")
+  name = choose_method(methods, name)
+  return name, methods[name]
+
+
+def converted_meta(heads):
+  """What a converted model predicts, from its methods.json entry: no dataset stands behind it."""
+  return records.DatasetMeta(
+      phenotype_names=list(heads["phenotype_names"]), phenotype_units=list(heads["phenotype_units"]),
+      label_names=list(heads["label_names"]), shapes={}, source="converted",
+      phenotype_mean=list(heads.get("phenotype_mean", [])),
+      phenotype_std=list(heads.get("phenotype_std", [])))
+
+
 class Screener:
   """`predict(ecg, lead_mask)` -> phenotypes, disease probabilities; `generate(...)` -> cines.
 
@@ -40,23 +56,34 @@ class Screener:
   stages finished.
   """
 
-  def __init__(self, workdir, method=None, generate=True, generator_workdir=None):
+  def __init__(self, workdir, method=None, generate=True, generator_workdir=None,
+               preprocessing="ours"):
     self.workdir, self.generator_workdir = workdir, generator_workdir or workdir
-    methods = workdir.read_artifact("finetune", "methods.json")
-    self.method_name = choose_method(methods, method)
-    info = methods[self.method_name]
-    self.config = ckpt_lib.saved_config(info["checkpoint"])
-    self.data_dir, self.meta = datasets.resolve(self.config, workdir)
+    self.method_name, info = method_info(workdir, method)
+    checkpoints = info["checkpoint"]   # one model, or {task: checkpoint} (finetune.per_task)
+    parts = checkpoints if isinstance(checkpoints, dict) else {None: checkpoints}
+    self.config = ckpt_lib.saved_config(next(iter(parts.values())))
+    if "heads" in info:
+      self.data_dir, self.meta = None, converted_meta(info["heads"])
+    else:
+      self.data_dir, self.meta = datasets.resolve(self.config, workdir)
+    self.notes = [info["note"]] if info.get("note") else []
     self.mesh = mesh_lib.data_mesh(jax.devices()[:1])
-    self.method = finetune.Method(self.config, info["init"], info["label_fraction"], info["seed"],
-                                  self.meta, context_lib.Context(workdir))
-    self.variables = self.method.restore_variables(info["checkpoint"], self.mesh)
+    self.parts = []
+    for task, reference in parts.items():
+      method = finetune.Method(ckpt_lib.saved_config(reference), info["init"],
+                               info["label_fraction"], info["seed"], self.meta,
+                               context_lib.Context(workdir), tasks=(task,) if task else None)
+      predict = method.predictor(pre_cropped=preprocessing == "release")
+      self.parts.append((method, method.restore_variables(reference, self.mesh), jax.jit(
+          lambda v, ecg, mask, predict=predict: predict(v, dict(ecg=ecg, lead_mask=mask)))))
     self.thresholds = np.array([info["thresholds"][n] for n in self.meta.label_names])
-    self.references = self._reference_ranges()
-    self.sources = {"finetune": dict(method=self.method_name, checkpoint=info["checkpoint"],
+    self.references = (self._reference_ranges() if self.data_dir and self.meta.phenotype_names
+                       else np.zeros((len(self.meta.phenotype_names), 2)))
+    self.sources = {"finetune": dict(method=self.method_name, checkpoint=checkpoints,
                                      step=info["best_step"])}
-    predict = self.method.predictor()
-    self._predict = jax.jit(lambda v, ecg, mask: predict(v, dict(ecg=ecg, lead_mask=mask)))
+    if "converted_from" in self.config:   # the PyTorch file the weights came from
+      self.sources["finetune"]["converted_from"] = self.config.converted_from.to_dict()
     self.generate_cines = generate
     if generate:
       self._load_generator()
@@ -92,10 +119,23 @@ class Screener:
                                  step=ckpt_lib.resolve(mar_ref)[1]))
 
   def predict(self, ecg, lead_mask):
-    phen_z, probs = self._predict(self.variables, jnp.asarray(ecg), jnp.asarray(lead_mask))
-    phen = np.asarray(phen_z) * self.method.phen_std + self.method.phen_mean
-    return phen, np.asarray(probs)
+    """ecg (B, 12, T), or (B, crops, 12, T') in the release's order -> (phenotypes (B, P),
+    disease probabilities (B, D)), each from the model that has that head."""
+    b = ecg.shape[0]
+    phen, probs = np.zeros((b, 0), np.float32), np.zeros((b, 0), np.float32)
+    for method, variables, predict in self.parts:
+      phen_z, p = predict(variables, jnp.asarray(ecg), jnp.asarray(lead_mask))
+      if method.model.predicts_phenotypes:
+        phen = method.phenotypes(phen_z)
+      if method.model.predicts_disease:
+        probs = np.asarray(p)
+    return phen, probs
 
   def generate(self, ecg, lead_mask, seed):
-    emb = self._embed(jnp.asarray(ecg), jnp.asarray(lead_mask))
+    if ecg.ndim == 4:   # the release's crops: the mean of their embeddings
+      b, c = ecg.shape[:2]
+      emb = self._embed(jnp.asarray(ecg.reshape(b * c, *ecg.shape[2:])),
+                        jnp.asarray(np.repeat(lead_mask, c, axis=0))).reshape(b, c, -1).mean(1)
+    else:
+      emb = self._embed(jnp.asarray(ecg), jnp.asarray(lead_mask))
     return np.asarray(self._generate(emb, jax.random.PRNGKey(seed)))

@@ -262,14 +262,20 @@ class Method:
 
   # ---- evaluation ----------------------------------------------------------------------------
 
-  def predictor(self):
+  def predictor(self, pre_cropped=False):
+    """jit(variables, batch) -> (phenotype z-scores, disease probabilities), the features
+    averaged over `finetune.eval_crops` crops of batch["ecg"] (B, 12, T); `pre_cropped`: over
+    the crops given, (B, crops, 12, T') (the release's preprocessing order)."""
     model, num_samples = self.model, self.encoder_config.model.num_samples
-    crops = self.config.finetune.eval_crops
+    count = self.config.finetune.eval_crops
 
     def predict(variables, batch):
       if self.input == "ecg":
+        ecg = batch["ecg"]
+        crops = ([ecg[:, i] for i in range(ecg.shape[1])] if pre_cropped
+                 else align.eval_crops(ecg, num_samples, count))
         feats = [model.apply({"params": variables}, crop, batch["lead_mask"], method=model.features)
-                 for crop in align.eval_crops(batch["ecg"], num_samples, crops)]
+                 for crop in crops]
         feats = jnp.mean(jnp.stack(feats), axis=0)
       else:
         feats = model.apply({"params": variables}, batch["cmr"], method=model.features)
