@@ -8,6 +8,7 @@ shuffled one and none, against the true cines).
 """
 
 import logging
+import functools
 import time
 
 import jax
@@ -132,20 +133,22 @@ def make_task(config, tokens_dir=None):
                        rngs={"dropout": dropout_rng})
     return loss, {}
 
-  load_frozen = None
-  if tokens_dir is not None:
-    def load_frozen(abstract, mesh, rules):
-      del mesh, rules
-      mean, std = latent_stats(tokens_dir, c.latent_stats_examples)
-      metrics_lib.log("Latent normalisation from %d training subjects: mean %s, std %s",
-                      c.latent_stats_examples, np.round(mean, 3), np.round(std, 3))
-      values = dict(latent_mean=mean, latent_std=std)
-      return jax.tree.map(lambda v, a: jax.device_put(jnp.asarray(v, a.dtype), a.sharding), values,
-                          abstract)
-
+  load_frozen = None if tokens_dir is None else functools.partial(
+      _load_latent_stats, tokens_dir=tokens_dir, count=c.latent_stats_examples)
   return model, loop.Task(init_params=init_params, loss_fn=loss_fn,
                           spec=example_spec(shape, embed_dim), init_frozen=init_frozen,
                           load_frozen=load_frozen)
+
+
+def _load_latent_stats(abstract, mesh, rules, tokens_dir, count):
+  """The frozen latent normalisation: per-channel statistics of the training split's latents."""
+  del mesh, rules
+  mean, std = latent_stats(tokens_dir, count)
+  metrics_lib.log("Latent normalisation from %d training subjects: mean %s, std %s", count,
+                  np.round(mean, 3), np.round(std, 3))
+  values = dict(latent_mean=mean, latent_std=std)
+  return jax.tree.map(lambda v, a: jax.device_put(jnp.asarray(v, a.dtype), a.sharding), values,
+                      abstract)
 
 
 def make_generate(config, model, vae, shape):
