@@ -109,10 +109,11 @@ def run_in_process(config, workdir, log_name=None):
       handler.close()
 
 
-def subprocess_env(devices=None):
+def subprocess_env(devices=None, cache=COMPILATION_CACHE):
   """The environment of a `python -m cardionets_jax...` child: the real CPU (or `devices`
-  simulated ones) and the suite's persistent compilation cache, so children compile once."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+  simulated ones) and the suite's persistent compilation cache (or `cache`), so children
+  compile once."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env["XLA_FLAGS"] = TEST_XLA_FLAGS

@@ -70,10 +70,13 @@ def test_two_processes_match_one_process(tmp_path):
   orchestrate.run(config, str(tmp_path / "one"),
                   mesh=mesh_lib.make_mesh(config.mesh, jax.devices()[:4]))
 
+  # The two processes share a compilation cache of their own: a suite cache left by earlier
+  # runs (other programs, entries of killed runs) has been seen to hang their first collective.
   port = _free_port()
   procs = [subprocess.Popen(_command(tmp_path / "two", f"--coordinator_address=localhost:{port}",
                                      "--num_processes=2", f"--process_id={i}"),
-                            cwd=REPO, env=subprocess_env(2), stdout=subprocess.PIPE,
+                            cwd=REPO, env=subprocess_env(2, cache=str(tmp_path / "cache")),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):

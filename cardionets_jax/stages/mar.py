@@ -7,8 +7,8 @@ training-split statistics kept in the frozen state; evaluated by
 shuffled one and none, against the true cines).
 """
 
-import logging
 import functools
+import logging
 import time
 
 import jax
