@@ -43,3 +43,24 @@ def test_ridge_probe_recovers_linear_targets_and_skips_missing():
   assert out["signal"]["r2"] > 0.95
   assert out["noise"]["r2"] < 0.1
   assert out["signal"]["n_test"] == 100 - len(range(0, 100, 7))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_release_threshold_report_wilson_intervals_match_scipy(seed):
+  from scipy import stats
+  rng = np.random.default_rng(seed)
+  y = (rng.random(57) < 0.3).astype(int)
+  p = np.clip(0.35 * y + rng.random(57) * 0.65, 0, 1)
+  r = evaluate.threshold_report(y, p, 0.5)
+  pred = p >= 0.5
+  tp, fp = np.sum(pred & (y == 1)), np.sum(pred & (y == 0))
+  fn, tn = np.sum(~pred & (y == 1)), np.sum(~pred & (y == 0))
+  assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (tp, fp, fn, tn)
+  for name, (k, n) in dict(sensitivity=(tp, tp + fn), specificity=(tn, tn + fp),
+                           accuracy=(tp + tn, len(y)), ppv=(tp, tp + fp), npv=(tn, tn + fn)).items():
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(method="wilson")
+    np.testing.assert_allclose([r[name]["low"], r[name]["high"]], [ci.low, ci.high], atol=1e-12)
+    assert r[name]["value"] == k / n and r[name]["n"] == n
+  # No positive call: PPV's denominator is 0, its value and interval NaN.
+  none = evaluate.threshold_report(y, np.zeros(57), 0.5)
+  assert none["ppv"]["n"] == 0 and np.isnan(none["ppv"]["value"]) and np.isnan(none["ppv"]["low"])

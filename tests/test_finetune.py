@@ -57,6 +57,34 @@ def test_layer_decay_scales():
   assert float(scales["encoder"]["patch_embed"]["kernel"]) == 0.5 ** (depth + 1)
 
 
+def test_release_preset_one_model_per_task_with_the_mlp_head():
+  from cardionets_jax_configs import finetune as ft_configs
+  config = ft_configs.get_config("variant=test,preset=release")
+  f = config.finetune
+  assert f.per_task and f.phenotype_head == "mlp" and f.layer_decay == 1.0
+  assert config.train.weight_decay == 0.0 and config.train.b2 == 0.999
+  meta = type("Meta", (), dict(phenotype_names=["a", "b", "c"], phenotype_units=["mL"] * 3,
+                               label_names=["x", "y"], phenotype_mean=[0.0] * 3,
+                               phenotype_std=[1.0] * 3))()
+  phen = finetune.Method(config, "scratch", 1.0, 0, meta, tasks=("phenotypes",))
+  dis = finetune.Method(config, "scratch", 1.0, 0, meta, tasks=("disease",))
+  assert phen.name.endswith("-phenotypes") and dis.name.endswith("-disease")
+  shapes = jax.tree.map(lambda x: x.shape, nn.unbox(phen._init_all(jax.random.PRNGKey(0))))
+  width = phen.encoder_config.model.width
+  assert set(shapes) == {"encoder", "phenotype_hidden0", "phenotype_hidden1", "phenotype_head"}
+  assert [shapes[k]["kernel"] for k in ("phenotype_hidden0", "phenotype_hidden1", "phenotype_head")] == [
+      (width, 256), (256, 128), (128, 3)]
+  assert set(nn.unbox(dis._init_all(jax.random.PRNGKey(0)))) == {"encoder", "disease_head"}
+  # One method's predictions come from both models: phenotypes from one, probabilities the other.
+  rng = np.random.default_rng(0)
+  truth = dict(phenotypes=rng.normal(size=(5, 3)), labels=np.zeros((5, 2), np.int8))
+  a, b = rng.normal(size=(5, 3)), rng.random((5, 2))
+  parts = [(phen, {"val": dict(truth, phenotypes_pred=a, probs=np.zeros((5, 0)))}),
+           (dis, {"val": dict(truth, phenotypes_pred=np.zeros((5, 0)), probs=b)})]
+  merged = finetune._merged(parts, "val")
+  assert merged["phenotypes_pred"] is a and merged["probs"] is b
+
+
 def test_finetune_stage_reports_every_method(trained_workdir):
   tmp_path = trained_workdir
   out = tmp_path / "finetune"
@@ -69,6 +97,12 @@ def test_finetune_stage_reports_every_method(trained_workdir):
   assert auroc["low"] <= auroc["value"] <= auroc["high"]
   for name in ("results.md", "results.csv", "roc_curves.png", "phenotype_scatter.png"):
     assert os.path.exists(out / name), name
+  # The release's way beside ours: threshold 0.5 and Wilson intervals, labelled as such.
+  release = method["diseases_release"]["cardiomyopathy"]
+  assert release["threshold"] == 0.5
+  assert release["tp"] + release["fn"] == method["diseases"]["cardiomyopathy"]["n_positive"]
+  assert release["sensitivity"]["low"] <= release["sensitivity"]["value"] <= release["sensitivity"]["high"]
+  assert "Release-comparable" in (out / "results.md").read_text()
   assert "mean phenotype R2" in (out / "results.md").read_text()
   # Every metric block says which split it used; screening reads the hand-off, not results.json.
   assert method["splits"] == dict(early_stopping="val", thresholds="val", metrics="test")
