@@ -20,7 +20,8 @@ from tests.conftest import subprocess_env
 METHOD = "aligned-full-labels1-seed0"
 # Every label: a label subset filters examples, and filtered streams differ between host counts.
 FLAGS = ["--config=configs/finetune.py:variant=test", "--config.finetune.inits=('aligned',)",
-         "--config.finetune.label_fractions=(1.0,)", "--config.mesh.shape.fsdp=2"]
+         "--config.finetune.label_fractions=(1.0,)", "--config.mesh.shape.fsdp=2",
+         "--config.train.num_steps=6"]   # 2 evaluations: enough for the processes to agree on
 
 
 def _config():
@@ -28,6 +29,7 @@ def _config():
   config = stage_test_config("finetune")
   config.finetune.update(inits=("aligned",), label_fractions=(1.0,))
   config.mesh.shape.fsdp = 2
+  config.train.num_steps = 6
   return config
 
 

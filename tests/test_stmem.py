@@ -32,10 +32,10 @@ def test_every_present_lead_hides_the_same_number_of_patches():
   ecg = jax.random.normal(jax.random.PRNGKey(0), (3, 12, 2250))
   present = np.ones((3, 12), np.uint8)
   present[1, 4] = 0
-  params = model.init({"params": jax.random.PRNGKey(1), "mask": jax.random.PRNGKey(2)}, ecg,
-                      present)["params"]
-  pred, target, hidden = model.apply({"params": params}, ecg, present,
-                                     rngs={"mask": jax.random.PRNGKey(3)})
+  params = jax.jit(lambda x, m: model.init({"params": jax.random.PRNGKey(1),
+                                            "mask": jax.random.PRNGKey(2)}, x, m))(ecg, present)
+  pred, target, hidden = jax.jit(lambda p, x, m: model.apply(p, x, m, rngs={
+      "mask": jax.random.PRNGKey(3)}))(params, ecg, present)
   n, k = 9, stmem_models.num_kept(9, 0.75)
   assert pred.shape == target.shape == (3, 12 * n, 250) and k == 2
   per_lead = np.asarray(hidden).reshape(3, 12, n).sum(-1)
@@ -69,7 +69,7 @@ def test_stmem_stage_and_finetune_from_converted_weights(tmp_path):
   assert convert.main(["--source=stmem", f"--pth={os.path.join(GOLDEN, 'release_cm.pth')}",
                        f"--out={converted}", "--num-heads=2"]) == 0
   init = str(converted / "stmem" / "checkpoints")
-  config = stage_test_config("finetune", num_steps=6, eval_every=3)
+  config = stage_test_config("finetune", num_steps=3, eval_every=3)
   config.finetune.inits = ("stmem",)
   config.init.stmem = init
   config.data.source = results["data"]        # the cohort the stmem run built
