@@ -70,6 +70,17 @@ def out_projection(num_heads):
   return lambda w: w.T.reshape(num_heads, w.shape[1] // num_heads, w.shape[0])
 
 
+def block_rules(ours, num_heads, *, ln1, qkv, out, ln2, fc1, fc2):
+  """One pre-norm transformer block (torch module names given) -> our EncoderBlock at `ours`:
+  norm, fused qkv split into query/key/value, output projection, norm, two-layer MLP."""
+  qkv_weight, qkv_bias = split_qkv(f"{ours}/attn", num_heads)
+  return (norm(ln1, f"{ours}/ln1")
+          + [Rule((f"{qkv}.weight",), qkv_weight), Rule((f"{qkv}.bias",), qkv_bias),
+             to(f"{out}.weight", f"{ours}/attn/out_kernel", out_projection(num_heads)),
+             to(f"{out}.bias", f"{ours}/attn/out_bias")]
+          + norm(ln2, f"{ours}/ln2") + dense(fc1, f"{ours}/mlp/fc1") + dense(fc2, f"{ours}/mlp/fc2"))
+
+
 def flatten(tree, prefix=""):
   """{"a": {"b": x}} -> {"a/b": x}."""
   out = {}

@@ -74,17 +74,10 @@ def encoder_rules(prefix, depth, num_heads, num_leads=12, tp=""):
                            lambda *rows: {f"{p}/lead_embed": np.stack(rows)})]
            + mapping.norm(f"{tp}norm", f"{p}/ln_final"))
   for i in range(depth):
-    torch_block, ours = f"{tp}block{i}", f"{p}/transformer/block{i}"
-    qkv_weight, qkv_bias = mapping.split_qkv(f"{ours}/attn", num_heads)
-    rules += mapping.norm(f"{torch_block}.attn.norm", f"{ours}/ln1")
-    rules += [mapping.Rule((f"{torch_block}.attn.fn.to_qkv.weight",), qkv_weight),
-              mapping.Rule((f"{torch_block}.attn.fn.to_qkv.bias",), qkv_bias),
-              mapping.to(f"{torch_block}.attn.fn.to_out.0.weight", f"{ours}/attn/out_kernel",
-                         mapping.out_projection(num_heads)),
-              mapping.to(f"{torch_block}.attn.fn.to_out.0.bias", f"{ours}/attn/out_bias")]
-    rules += mapping.norm(f"{torch_block}.ff.norm", f"{ours}/ln2")
-    rules += mapping.dense(f"{torch_block}.ff.fn.net.0", f"{ours}/mlp/fc1")
-    rules += mapping.dense(f"{torch_block}.ff.fn.net.3", f"{ours}/mlp/fc2")
+    b = f"{tp}block{i}"
+    rules += mapping.block_rules(f"{p}/transformer/block{i}", num_heads, ln1=f"{b}.attn.norm",
+                                 qkv=f"{b}.attn.fn.to_qkv", out=f"{b}.attn.fn.to_out.0",
+                                 ln2=f"{b}.ff.norm", fc1=f"{b}.ff.fn.net.0", fc2=f"{b}.ff.fn.net.3")
   return rules
 
 

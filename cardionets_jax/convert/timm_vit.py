@@ -54,15 +54,8 @@ def encoder_rules(prefix, depth, num_heads):
            mapping.to("patch_embed.proj.bias", f"{p}/patch_embed/bias")]
   rules += mapping.norm("norm", f"{p}/transformer/ln_final")
   for i in range(depth):
-    block, ours = f"blocks.{i}", f"{p}/transformer/block{i}"
-    qkv_weight, qkv_bias = mapping.split_qkv(f"{ours}/attn", num_heads)
-    rules += mapping.norm(f"{block}.norm1", f"{ours}/ln1")
-    rules += mapping.norm(f"{block}.norm2", f"{ours}/ln2")
-    rules += [mapping.Rule((f"{block}.attn.qkv.weight",), qkv_weight),
-              mapping.Rule((f"{block}.attn.qkv.bias",), qkv_bias),
-              mapping.to(f"{block}.attn.proj.weight", f"{ours}/attn/out_kernel",
-                         mapping.out_projection(num_heads)),
-              mapping.to(f"{block}.attn.proj.bias", f"{ours}/attn/out_bias")]
-    rules += mapping.dense(f"{block}.mlp.fc1", f"{ours}/mlp/fc1")
-    rules += mapping.dense(f"{block}.mlp.fc2", f"{ours}/mlp/fc2")
+    b = f"blocks.{i}"
+    rules += mapping.block_rules(f"{p}/transformer/block{i}", num_heads, ln1=f"{b}.norm1",
+                                 qkv=f"{b}.attn.qkv", out=f"{b}.attn.proj", ln2=f"{b}.norm2",
+                                 fc1=f"{b}.mlp.fc1", fc2=f"{b}.mlp.fc2")
   return rules
