@@ -28,12 +28,26 @@ MODELS = {
                  head_depth=1),
 }
 PATCHES = {"base": (5, 2, 2), "tiny": (5, 2, 2), "test": (2, 2, 2)}
+# Sampler presets (`configs/mar.py:sampler=NAME`). "release": the shipped simple_generate.py
+# (constant guidance 3, temperature 1, no bound on the implied token). "clipped": ours, a
+# guidance rising linearly with the share of tokens known and each diffusion step's implied
+# token bounded to [-5, 5] (see models/diffusion.py::p_mean_variance: at the cosine schedule's
+# last step an error of 0.01 in the predicted noise puts the token off by ~200).
+SAMPLERS = {
+    "release": dict(cfg_scale=3.0, cfg_schedule="constant", temperature=1.0, clip_x0=0.0),
+    "clipped": dict(cfg_scale=3.0, cfg_schedule="linear", temperature=1.0, clip_x0=5.0),
+}
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, variant="tiny")
+  # The small generators keep the bound until the release's sampler is measured on them.
+  arg = common.parse_arg(arg, variant="tiny", sampler="")
+  sampler = arg.sampler or ("release" if arg.variant == "base" else "clipped")
   config = common.base_config("mar", arg.variant, tokenize="", mae="")
-  config.model = ml_collections.ConfigDict(dict(MODELS[arg.variant], patch=PATCHES[arg.variant]))
+  config.model = ml_collections.ConfigDict(dict(
+      MODELS[arg.variant], patch=PATCHES[arg.variant],
+      cond_activation="none",   # between the condition's two linear layers (the release: none)
+      inner_dropout=True))      # dropout on attention weights and MLP hidden units too (timm)
   config.mar = ml_collections.ConfigDict(dict(
       min_mask_ratio=0.7,       # mask ratio ~ normal(1.0, 0.25) truncated to [0.7, 1.0]
       mask_ratio_mean=1.0,
@@ -41,16 +55,19 @@ def get_config(arg=None):
       cond_drop=0.1,            # condition dropout, for classifier-free guidance
       diffusion_mul=4,          # each token's diffusion loss drawn this many times per step
       train_timesteps=1000,     # cosine schedule
-      latent_stats_examples=512,  # training latents the per-channel normalisation is fitted on
+      mask_ratio_per="batch",   # one ratio per batch (the release) or per "example"
+      # What the generator models: "decoder" (the latent as the VAE decoder reads it, the
+      # layer-normed one for the release's VAE), "channel_stats" (per-channel standardised raw
+      # latents) or "raw"; see stages/mar.py::to_tokens.
+      latent_space="decoder",
+      latent_stats_examples=512,  # training latents the "channel_stats" normalisation is fitted on
   ))
   config.sample = ml_collections.ConfigDict(dict(
       num_iter=16,              # autoregressive steps, cosine masking schedule
       diffusion_steps=100,      # respaced from train_timesteps
-      cfg_scale=3.0,
-      cfg_schedule="linear",    # or "constant"
-      temperature=1.0,
-      clip_x0=5.0,              # bound on each diffusion step's implied token (normalised latent
-                                # units; 0 = none); see models/diffusion.py::p_mean_variance
+      preset=sampler,
+      **SAMPLERS[sampler],      # cfg_scale, cfg_schedule ("linear" / "constant"), temperature,
+                                # clip_x0 (bound on the implied token; 0 = none)
   ))
   config.eval = ml_collections.ConfigDict(dict(
       num_subjects=256,         # held-out subjects generated under each condition
@@ -63,9 +80,11 @@ def get_config(arg=None):
                         ema_decay=0.9999, checkpoint_every=5_000, log_every=100, eval_every=0)
   elif arg.variant == "tiny":
     config.mar.update(diffusion_mul=2)
-    # The tiny generator is weak: a cooler, lightly guided sampler scores best on SSIM (of
-    # cfg 3 / temperature 1, cfg 6 / 0.5 and cfg 1.5 / 0.5 on 64 test subjects).
-    config.sample.update(diffusion_steps=50, temperature=0.5, cfg_scale=1.5)
+    config.sample.update(diffusion_steps=50)
+    if sampler == "clipped":
+      # The tiny generator is weak: a cooler, lightly guided sampler scores best on SSIM (of
+      # cfg 3 / temperature 1, cfg 6 / 0.5 and cfg 1.5 / 0.5 on 64 test subjects).
+      config.sample.update(temperature=0.5, cfg_scale=1.5)
     config.eval.update(num_subjects=64, batch_size=32)
     config.train.update(num_steps=2000, batch_size=16, lr=1e-3, warmup_steps=100,
                         ema_decay=0.995, checkpoint_every=500, log_every=50, eval_every=0)

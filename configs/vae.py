@@ -8,15 +8,21 @@ import ml_collections
 from cardionets_jax_configs import common
 
 MODELS = {
-    # docs/method.md, Stage 3: base channels 128, multipliers (1, 2, 4, 4), 8x spatial and 2x temporal
-    # down-sampling, 16 latent channels: (50, 96, 96) -> (25, 12, 12, 16).
+    # The release's vae_kl_ft2_fs8_z16: base channels 128, multipliers (1, 2, 4, 4), 8x spatial and
+    # 2x temporal down-sampling (time halved at the last level), 2 encoder / 4 decoder ResBlocks per
+    # level, 8-head attention in both middles, quant convs, 16 latent channels, decoded from the
+    # layer-normed latent: (50, 96, 96) -> (25, 12, 12, 16).
     "base": dict(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
-                 latent_channels=16, temporal_down=(True, False, False)),
-    # The tiny cohort's 25 frames are odd: no temporal down-sampling; 4x spatial.
-    "tiny": dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, latent_channels=4,
-                 temporal_down=(False, False)),
-    "test": dict(base_channels=4, channel_mult=(1, 2, 2), num_res_blocks=1, latent_channels=4,
-                 temporal_down=(False, False)),
+                 decoder_res_blocks=4, latent_channels=16, temporal_down=(False, False, True),
+                 mid_attention_heads=8, quant_convs=True, latent_norm="layer_norm"),
+    # The tiny cohort's 25 frames are odd: no temporal down-sampling; 4x spatial. Two heads: the
+    # middle of a whole 25 x 48 x 48 cine attends over 25 x 12 x 12 = 3,600 positions.
+    "tiny": dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, decoder_res_blocks=2,
+                 latent_channels=4, temporal_down=(False, False), mid_attention_heads=2,
+                 quant_convs=True, latent_norm="layer_norm"),
+    "test": dict(base_channels=4, channel_mult=(1, 2, 2), num_res_blocks=1, decoder_res_blocks=2,
+                 latent_channels=4, temporal_down=(False, False), mid_attention_heads=2,
+                 quant_convs=True, latent_norm="layer_norm"),
 }
 
 

@@ -140,3 +140,13 @@ def test_head_learns_a_gaussian_mixture_and_the_sampler_recovers_it():
     x = np.asarray(draw(jax.random.PRNGKey(100 + c), one_hot(c)))
     np.testing.assert_allclose(x.mean(0), MEANS[c], atol=0.1, err_msg=f"component {c} mean")
     np.testing.assert_allclose(x.std(0), STDS[c], rtol=0.15, err_msg=f"component {c} std")
+
+
+def test_respaced_steps_are_the_releases():
+  # The release's space_timesteps(1000, "100"): round(i * 999 / 99) accumulated in floats.
+  stride, taken, cur = 999 / 99, [], 0.0
+  for _ in range(100):
+    taken.append(round(cur))
+    cur += stride
+  np.testing.assert_array_equal(diffusion.spaced_timesteps(1000, 100), sorted(set(taken)))
+  assert list(diffusion.spaced_timesteps(1000, 100)[:8]) == [0, 10, 20, 30, 40, 50, 61, 71]

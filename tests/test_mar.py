@@ -49,8 +49,10 @@ def test_latent_patches_round_trip_in_raster_order():
   latent = np.random.default_rng(0).normal(size=(2, 10, 4, 6, 3)).astype(np.float32)
   tokens = mar_lib.patchify_latent(jnp.asarray(latent), (5, 2, 2))
   assert tokens.shape == (2, 2 * 2 * 3, 5 * 2 * 2 * 3)
-  # Token 1 is the patch at (t, h, w) = (0, 0, 1): latent[:, 0:5, 0:2, 2:4].
-  np.testing.assert_array_equal(tokens[:, 1].reshape(2, 5, 2, 2, 3), latent[:, 0:5, 0:2, 2:4])
+  # Token 1 is the patch at (t, h, w) = (0, 0, 1): latent[:, 0:5, 0:2, 2:4], its values ordered
+  # (c, pt, ph, pw) as the release's patchify orders them.
+  np.testing.assert_array_equal(tokens[:, 1].reshape(2, 3, 5, 2, 2),
+                                latent[:, 0:5, 0:2, 2:4].transpose(0, 4, 1, 2, 3))
   np.testing.assert_array_equal(mar_lib.unpatchify_latent(tokens, (5, 2, 2), (10, 4, 6, 3)), latent)
   with pytest.raises(ValueError, match="does not split"):
     mar_lib.patchify_latent(jnp.zeros((1, 8, 4, 4, 2)), (5, 2, 2))
@@ -59,7 +61,8 @@ def test_latent_patches_round_trip_in_raster_order():
 def test_training_mask_ratios_orders_and_known_slots():
   from scipy import stats
   seq_len, batch = 180, 4096
-  mask, idx, valid = jax.device_get(mar_lib.training_mask(jax.random.PRNGKey(0), batch, seq_len))
+  mask, idx, valid = jax.device_get(mar_lib.training_mask(jax.random.PRNGKey(0), batch, seq_len,
+                                                          per="example"))
   masked = mask.sum(1)
   assert masked.min() >= 126 and masked.max() <= 180          # ratio in [0.7, 1.0]
   assert idx.shape == (batch, 54)                              # 180 - ceil(0.7 * 180)
@@ -73,6 +76,10 @@ def test_training_mask_ratios_orders_and_known_slots():
     assert len(set(idx[b])) == 54                              # distinct positions
   # Orders differ between examples.
   assert len({tuple(np.flatnonzero(m)) for m in mask[:16]}) == 16
+  # The release's default: one ratio for the whole batch, drawn afresh per call.
+  counts = [set(np.asarray(mar_lib.training_mask(jax.random.PRNGKey(k), 64, seq_len)[0]).sum(1))
+            for k in range(8)]
+  assert all(len(c) == 1 for c in counts) and len(set().union(*counts)) > 1
 
 
 def test_mask_schedule_is_cosine_and_predicts_every_token_once():
@@ -81,6 +88,8 @@ def test_mask_schedule_is_cosine_and_predicts_every_token_once():
   assert all(a > b for a, b in zip(counts, counts[1:]))
   assert counts[8] == int(np.floor(180 * np.cos(np.pi / 2 * 8 / 16)))
   assert mar_lib.mask_schedule(4, 8) == [4, 3, 2, 1, 0]  # never predicts nothing in a step
+  # The release's sample_tokens at 180 tokens and 16 steps masks these counts after each step.
+  assert counts == [180, 179, 176, 172, 166, 158, 149, 139, 127, 114, 100, 84, 68, 52, 35, 17, 0]
 
 
 def test_sampler_fills_every_token_and_is_deterministic_per_key():

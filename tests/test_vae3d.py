@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cardionets_jax import losses
+from cardionets_jax.models import conv3d
 from cardionets_jax.models import discriminator
 from cardionets_jax.models import vae3d
 from cardionets_jax.train.state import param_count as count
@@ -22,8 +23,9 @@ from cardionets_jax_configs import vae as vae_configs
 BASE = vae_configs.MODELS["base"]
 TINY = vae_configs.MODELS["tiny"]
 # Small enough to compile and run in a second or two: (4, 8, 8) -> (2, 4, 4, 4).
-SMALL = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, latent_channels=4,
-             temporal_down=(True,))
+SMALL = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, decoder_res_blocks=2,
+             latent_channels=4, temporal_down=(True,), mid_attention_heads=2, quant_convs=True,
+             latent_norm="layer_norm")
 SMALL_VIDEO = (4, 8, 8)
 
 
@@ -40,25 +42,82 @@ def res_params(c_in, c_out):
   return 2 * c_in + conv_params(27, c_in, c_out) + 2 * c_out + conv_params(27, c_out, c_out) + skip
 
 
-def vae_params(base_channels, channel_mult, num_res_blocks, latent_channels, temporal_down):
-  """(encoder, decoder) parameter counts of the LDM-style layout in vae3d's docstring."""
-  del temporal_down   # strides do not change parameter counts
+def attention_params(c):
+  """GroupNorm(c), 1x1x1 q, k, v and output projections."""
+  return 2 * c + 4 * conv_params(1, c, c)
+
+
+def vae_params(base_channels, channel_mult, num_res_blocks, decoder_res_blocks, latent_channels,
+               temporal_down, mid_attention_heads, quant_convs, latent_norm):
+  """(encoder, decoder, quant convs) parameter counts of the layout in vae3d's docstring."""
+  del latent_norm
   chans = [base_channels * m for m in channel_mult]
+  mid = lambda c: 2 * res_params(c, c) + (attention_params(c) if mid_attention_heads else 0)
   enc, c = conv_params(27, 1, base_channels), base_channels
   for level, out in enumerate(chans):
     for _ in range(num_res_blocks):
       enc, c = enc + res_params(c, out), out
-    if level < len(chans) - 1:
-      enc += conv_params(27, c, c)                      # strided down-sampling conv
-  enc += 2 * res_params(c, c) + 2 * c + conv_params(27, c, 2 * latent_channels)
-  dec = conv_params(27, latent_channels, c) + 2 * res_params(c, c)
+    if level < len(chans) - 1:       # strided down-sampling: (3, 3, 3) if it halves time, else (1, 3, 3)
+      enc += conv_params(27 if temporal_down[level] else 9, c, c)
+  enc += mid(c) + 2 * c + conv_params(27, c, 2 * latent_channels)
+  dec = conv_params(27, latent_channels, c) + mid(c)
   for level in reversed(range(len(chans))):
-    for _ in range(num_res_blocks + 1):
+    for _ in range(decoder_res_blocks):
       dec, c = dec + res_params(c, chans[level]), chans[level]
     if level > 0:
       dec += conv_params(27, c, c)                      # up-sampling conv
   dec += 2 * c + conv_params(27, c, 1)
-  return enc, dec
+  quant = conv_params(1, 2 * latent_channels, 2 * latent_channels) + conv_params(
+      1, latent_channels, latent_channels) if quant_convs else 0
+  return enc, dec, quant
+
+
+def vae_flops(video_shape, base_channels, channel_mult, num_res_blocks, decoder_res_blocks,
+              latent_channels, temporal_down, mid_attention_heads, quant_convs, latent_norm):
+  """Forward FLOPs by hand: 2 * out voxels * kernel volume * c_in * c_out per conv, plus
+  2 * 2 * N^2 * C per attention."""
+  del latent_norm
+  size, flops = list(video_shape), []
+  voxels = lambda: int(np.prod(size))
+  conv = lambda k, ci, co: flops.append(2 * voxels() * k * ci * co)
+
+  def res(ci, co):
+    conv(27, ci, co), conv(27, co, co)
+    if ci != co:
+      conv(1, ci, co)
+
+  def mid(c):
+    res(c, c)
+    if mid_attention_heads:
+      [conv(1, c, c) for _ in range(4)]
+      flops.append(4 * voxels() ** 2 * c)
+    res(c, c)
+
+  chans = [base_channels * m for m in channel_mult]
+  conv(27, 1, chans[0])
+  c = chans[0]
+  for level, out in enumerate(chans):
+    for _ in range(num_res_blocks):
+      res(c, out)
+      c = out
+    if level < len(chans) - 1:
+      size = [size[0] // (2 if temporal_down[level] else 1), size[1] // 2, size[2] // 2]
+      conv(27 if temporal_down[level] else 9, c, c)
+  mid(c)
+  conv(27, c, 2 * latent_channels)
+  if quant_convs:
+    conv(1, 2 * latent_channels, 2 * latent_channels), conv(1, latent_channels, latent_channels)
+  conv(27, latent_channels, c)
+  mid(c)
+  for level in reversed(range(len(chans))):
+    for _ in range(decoder_res_blocks):
+      res(c, chans[level])
+      c = chans[level]
+    if level > 0:
+      size = [size[0] * (2 if temporal_down[level - 1] else 1), size[1] * 2, size[2] * 2]
+      conv(27, c, c)
+  conv(27, c, 1)
+  return sum(flops)
 
 
 def init_shapes(model, video_shape, batch=2, dtype=jnp.uint8):
@@ -79,18 +138,19 @@ def test_base_maps_50x96x96_to_25x12x12x16_and_back():
                            params, z)
   assert decoded.shape == (2, 50, 96, 96) and decoded.dtype == jnp.float32
 
-  # By hand (128 base channels, mults (1, 2, 4, 4), 2 res blocks, 16 latent channels):
-  # encoder 99,282,848 = conv_in 3,584 + level 0 (2 x 885,504 + down 442,496) + level 1
-  # (2,688,512 + 3,540,480 + down 1,769,728) + level 2 (10,750,976 + 14,158,848 + down
-  # 7,078,400) + level 3 (2 x 14,158,848) + middle (2 x 14,158,848) + norm 1,024 + conv 442,400;
-  # decoder 145,077,505 = conv_in 221,696 + middle 2 x 14,158,848 + levels 3 and 2 (each
-  # 3 x 14,158,848 + up 7,078,400) + level 1 (5,441,792 + 2 x 3,540,480 + up 1,769,728) +
-  # level 0 (1,361,024 + 2 x 885,504) + norm 256 + conv 3,457.
-  enc, dec = vae_params(**BASE)
-  assert (enc, dec) == (99_282_848, 145_077_505)
+  # By hand (the release's vae_kl_ft2_fs8_z16): encoder 98,859,936 = conv_in 3,584 + level 0
+  # (2 x 885,504 + a (1, 3, 3) down 147,584) + level 1 (2,688,512 + 3,540,480 + down 590,080) +
+  # level 2 (10,750,976 + 14,158,848 + a 3x3x3 down 7,078,400) + level 3 (2 x 14,158,848) +
+  # middle (2 x 14,158,848 + attention 1,051,648) + norm 1,024 + conv 442,400; decoder
+  # 178,872,833 = conv_in 221,696 + middle 29,369,344 + levels 3 and 2 (each 4 x 14,158,848 +
+  # up 7,078,400) + level 1 (5,441,792 + 3 x 3,540,480 + up 1,769,728) + level 0 (1,361,024 +
+  # 3 x 885,504) + norm 256 + conv 3,457; quant convs 1,056 + 272. The release's state_dict
+  # holds the same 277,734,097 (without its discriminator).
+  enc, dec, quant = vae_params(**BASE)
+  assert (enc, dec, quant) == (98_859_936, 178_872_833, 1_328)
   assert count(params["encoder"]) == enc
   assert count(params["decoder"]) == dec
-  assert count(params) == 244_360_353
+  assert count(params) == 277_734_097
   print(f"VAE3D base: {count(params):,} params (encoder {enc:,}, decoder {dec:,})")
 
   # Every parameter is float32 and carries logical names; conv kernels shard output channels.
@@ -109,7 +169,8 @@ def test_base_maps_50x96x96_to_25x12x12x16_and_back():
   assert nn.logical_to_mesh_axes(norm.names, rules) == P(None)
 
   flops = model.flops((50, 96, 96))
-  assert 12.3e12 < flops < 12.4e12   # ~12.35 TFLOPs forward (encode + decode) per example
+  assert flops == vae_flops((50, 96, 96), **BASE)
+  assert 20.0e12 < flops < 20.1e12   # ~20.05 TFLOPs forward (encode + decode) per example
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
@@ -129,6 +190,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
 ])
 def test_latent_shape_agrees_with_eval_shape(sizes, video, expected):
   kw = dict(sizes, base_channels=4, num_res_blocks=1)
+  kw.setdefault("mid_attention_heads", 1)
   model = vae3d.VAE3D(**kw)
   shape = vae3d.latent_shape(video, kw["channel_mult"], kw["temporal_down"], kw["latent_channels"])
   assert shape == expected == model.latent_shape(video)
@@ -152,24 +214,10 @@ def test_sizes_that_do_not_divide_raise():
     init_shapes(vae3d.VAE3D(base_channels=4, channel_mult=(1, 2), temporal_down=()), (4, 8, 8))
 
 
-def test_vae_flops_is_the_sum_over_the_models_convs():
-  """The analytic count equals 2 * out_voxels * k^3 * c_in * c_out over every Conv3D called."""
-  cases = ((SMALL, SMALL_VIDEO), (TINY, (16, 32, 32)), (BASE, (50, 96, 96)))
-  for sizes, video in cases:
-    model = vae3d.VAE3D(**sizes)
-    seen = []
-
-    def record(next_fun, args, kwargs, context):
-      out = next_fun(*args, **kwargs)
-      if isinstance(context.module, vae3d.Conv3D) and context.method_name == "__call__":
-        k = context.module.kernel_size
-        seen.append(2 * np.prod(out.shape[1:-1]) * np.prod(k) * args[0].shape[-1] * out.shape[-1])
-      return out
-
-    with nn.intercept_methods(record):
-      init_shapes(model, video, batch=1)
-    assert len(seen) > 10
-    assert model.flops(video) == sum(int(s) for s in seen)
+def test_vae_flops_counts_every_conv_and_attention_by_hand():
+  for sizes, video in ((SMALL, SMALL_VIDEO), (TINY, (16, 32, 32)), (BASE, (50, 96, 96)),
+                       (dict(SMALL, mid_attention_heads=0, quant_convs=False), SMALL_VIDEO)):
+    assert vae3d.VAE3D(**sizes).flops(video) == vae_flops(video, **sizes)
 
 
 @pytest.mark.parametrize("strides,kernel", [((1, 1, 1), 3), ((2, 2, 2), 3), ((1, 2, 2), 3),
@@ -178,16 +226,16 @@ def test_conv_taps_equals_lax_3d_conv(strides, kernel):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 6, 8, 10, 3)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(kernel,) * 3 + (3, 5)), jnp.float32)
-  want = vae3d.conv3d_apply(x, k, strides, impl="lax")
+  want = conv3d.conv3d_apply(x, k, strides, impl="lax")
   cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
 
   def grads(impl):
-    return jax.grad(lambda x, k: jnp.sum(vae3d.conv3d_apply(x, k, strides, impl=impl) * cotangent),
+    return jax.grad(lambda x, k: jnp.sum(conv3d.conv3d_apply(x, k, strides, impl=impl) * cotangent),
                     argnums=(0, 1))(x, k)
 
   want_grads = grads("lax")
   for impl in ("taps", "auto"):
-    got = vae3d.conv3d_apply(x, k, strides, impl=impl)
+    got = conv3d.conv3d_apply(x, k, strides, impl=impl)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     for g, w in zip(grads(impl), want_grads):
@@ -195,7 +243,7 @@ def test_conv_taps_equals_lax_3d_conv(strides, kernel):
   if kernel == 3 and strides != (1, 1, 1):
     assert want.shape[1:4] == tuple(-(-n // s) for n, s in zip(x.shape[1:4], strides))
   with pytest.raises(ValueError, match="impl"):
-    vae3d.conv3d_apply(x, k, strides, impl="fft")
+    conv3d.conv3d_apply(x, k, strides, impl="fft")
 
 
 # --- numerics on a small model -------------------------------------------------------------
@@ -237,7 +285,7 @@ def small():
   @jax.jit
   def forward(params, rng):
     mode, post = model.apply({"params": params}, video, sample=False)   # no "sample" rng needed
-    decoded = model.apply({"params": params}, post.mean, method=model.decode)
+    decoded = model.apply({"params": params}, vae3d.latent_layer_norm(post.mean), method=model.decode)
     sampled, _ = model.apply({"params": params}, video, rngs={"sample": rng})
     return mode, decoded, sampled, post
 
@@ -261,7 +309,7 @@ def test_forward_backward_finite_and_sample_false_is_deterministic(small):
   again, _, s2, _ = small["forward"](small["params"], jax.random.PRNGKey(2))
   np.testing.assert_array_equal(mode, again)                        # whatever the rng
   assert mode.shape == video.shape and mode.dtype == jnp.float32 and np.isfinite(mode).all()
-  np.testing.assert_allclose(decoded, mode, rtol=1e-5, atol=1e-5)   # sample=False decodes the mode
+  np.testing.assert_allclose(decoded, mode, rtol=1e-5, atol=1e-5)   # sample=False decodes the normed mode
   assert np.abs(np.asarray(s1) - np.asarray(s2)).max() > 1e-4     # sample=True draws
   assert post.mean.shape == (4, 2, 4, 4, 4)
 
@@ -299,6 +347,15 @@ def test_kl_and_vae_loss_match_float64(small):
     np.testing.assert_allclose(loss_sum, abs_err.sum() / abs_err.shape[0] + w * kl, rtol=1e-5)
   with pytest.raises(ValueError):
     losses.vae_loss(recon, target, post.mean, post.logvar, 1.0, recon_reduction="max")
+
+
+def test_latent_layer_norm_normalises_each_example_over_all_its_axes():
+  z = np.random.default_rng(0).normal(3.0, 2.0, (3, 2, 4, 4, 5)).astype(np.float32)
+  z[1] *= 10.0
+  got = np.asarray(vae3d.latent_layer_norm(jnp.asarray(z)))
+  flat = z.reshape(3, -1).astype(np.float64)
+  want = (flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(got.reshape(3, -1), want, rtol=1e-5, atol=1e-5)
 
 
 def test_posterior_clips_logvar_and_splits_channels():

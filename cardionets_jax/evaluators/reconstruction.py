@@ -19,10 +19,10 @@ def scores(cines, truth):
 
 def reconstructor(vae):
   """jit `(params, uint8 cines) -> (reconstruction in [-1, 1], ssim, psnr, latent mean)`: the
-  posterior mean decoded."""
+  posterior mean, normalised as the decoder reads it, decoded."""
   def reconstruct(params, video):
-    posterior = vae.apply({"params": params}, video, method=vae.encode)
-    recon = jnp.clip(vae.apply({"params": params}, posterior.mean, method=vae.decode), -1.0, 1.0)
+    recon, posterior = vae.apply({"params": params}, video, sample=False)
+    recon = jnp.clip(recon, -1.0, 1.0)
     ssim, psnr = scores(recon, vit.cmr_to_float(video))
     return recon, ssim, psnr, posterior.mean
   return jax.jit(reconstruct)

@@ -9,7 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cardionets_jax.models.vae3d import _constrain, _conv, group_norm
+from cardionets_jax.models.conv3d import conv as _conv, constrain as _constrain, group_norm
 from cardionets_jax.models.vit import cmr_to_float
 
 Dtype = Any

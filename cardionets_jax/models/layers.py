@@ -45,6 +45,7 @@ class Attention(nn.Module):
   """
   num_heads: int
   dtype: Dtype = jnp.float32
+  dropout: float = 0.0      # on the attention weights, in training (timm's attn_drop)
 
   def _kernel(self, name, shape, axes):
     return self.param(name, nn.with_logical_partitioning(dense_init, axes), shape, jnp.float32)
@@ -54,7 +55,7 @@ class Attention(nn.Module):
                       jnp.float32)
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, train=False):
     """x: (B, S, width). mask: optional boolean key mask (B, S), True where a
     token may be attended to; masked keys get exactly zero attention weight.
     A query whose keys are all masked gets a finite (uniform) average."""
@@ -70,7 +71,13 @@ class Attention(nn.Module):
     if mask is not None:
       # dot_product_attention wants a mask broadcastable to (B, heads, T, S).
       mask = jnp.asarray(mask, bool)[:, None, None, :]
-    y = jax.nn.dot_product_attention(*qkv, mask=mask)
+    if train and self.dropout > 0:
+      q, k, v = (t.astype(jnp.float32) for t in qkv)   # softmax and its dropout in float32
+      y = nn.dot_product_attention(q, k, v, mask=mask, dropout_rng=self.make_rng("dropout"),
+                                   dropout_rate=self.dropout, deterministic=False)
+      y = y.astype(self.dtype)
+    else:
+      y = jax.nn.dot_product_attention(*qkv, mask=mask)
     y = constrain(y, "batch", "seq", "heads", "kv")
     kernel = self._kernel("out_kernel", (self.num_heads, head_dim, width), ("heads", "kv", "embed"))
     bias = self._bias("out_bias", (width,), ("embed",))
@@ -84,31 +91,38 @@ class MlpBlock(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
   exact_gelu: bool = True
+  dropout: float = 0.0      # after the GELU, in training (timm's drop1)
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train=False):
     width = x.shape[-1]
     h = logical_dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
     h = constrain(nn.gelu(h, approximate=not self.exact_gelu), "batch", "seq", "mlp")
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return logical_dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block."""
+  """Pre-norm transformer block. `dropout` drops the attention and MLP outputs; with
+  `inner_dropout` also the attention weights and the MLP's hidden units (timm's Block)."""
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   norm_eps: float = 1e-6
   exact_gelu: bool = True
+  inner_dropout: bool = False
 
   @nn.compact
   def __call__(self, x, train=False, mask=None):
     """mask: optional (B, S) boolean key mask, see `Attention`."""
     drop = nn.Dropout(self.dropout, deterministic=not train)
     norm = lambda name: layer_norm(self.dtype, name, self.norm_eps)
-    x = x + drop(Attention(self.num_heads, self.dtype, name="attn")(norm("ln1")(x), mask))
-    x = x + drop(MlpBlock(self.mlp_dim, self.dtype, self.exact_gelu, name="mlp")(norm("ln2")(x)))
+    inner = self.dropout if self.inner_dropout else 0.0
+    x = x + drop(Attention(self.num_heads, self.dtype, inner, name="attn")(norm("ln1")(x), mask,
+                                                                           train))
+    x = x + drop(MlpBlock(self.mlp_dim, self.dtype, self.exact_gelu, inner, name="mlp")(
+        norm("ln2")(x), train))
     return constrain(x, "batch", "seq", "embed")
 
 
@@ -126,13 +140,14 @@ class Transformer(nn.Module):
   norm_eps: float = 1e-6
   exact_gelu: bool = True
   final_norm: bool = True
+  inner_dropout: bool = False
 
   @nn.compact
   def __call__(self, x, train=False, mask=None, normalize=True):
     """mask: optional (B, S) boolean key mask, see `Attention`."""
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.norm_eps,
-                       self.exact_gelu, name=f"block{i}")(x, train, mask)
+                       self.exact_gelu, self.inner_dropout, name=f"block{i}")(x, train, mask)
     if self.final_norm and normalize:
       return layer_norm(self.dtype, "ln_final", self.norm_eps)(x)
     return x

@@ -1,7 +1,8 @@
 """MAR: a masked autoregressive generator over VAE-latent tokens, with a per-token diffusion head.
 
 Latents (T, H, W, C) are cut into (pt, ph, pw) patches: tokens of dimension
-pt * ph * pw * C in (t, h, w) raster order. The encoder sees a buffer of
+C * pt * ph * pw in (t, h, w) raster order, the values inside a token ordered (c, pt, ph, pw) as
+the release's `patchify` orders them. The encoder sees a buffer of
 condition tokens (the ECG embedding through two linear layers, or a learned
 "no condition" vector for classifier-free guidance) and the known tokens; the
 decoder puts a mask token at every unknown position; its output plus a
@@ -25,17 +26,19 @@ from cardionets_jax.models import diffusion
 from cardionets_jax.models import layers
 
 Dtype = Any
+COND_ACTIVATIONS = {"none": lambda x: x, "gelu": nn.gelu}
+MASK_RATIOS_PER = ("batch", "example")
 
 
 def patchify_latent(latent, patch):
-  """(B, T, H, W, C) -> (B, T/pt * H/ph * W/pw, pt * ph * pw * C)."""
+  """(B, T, H, W, C) -> (B, T/pt * H/ph * W/pw, C * pt * ph * pw)."""
   b, t, h, w, c = latent.shape
   pt, ph, pw = patch
   if t % pt or h % ph or w % pw:
     raise ValueError(f"Latent {latent.shape[1:]} does not split into {tuple(patch)} patches")
   x = latent.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
-  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
-  return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
+  x = x.transpose(0, 1, 3, 5, 7, 2, 4, 6)
+  return x.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
 
 
 def unpatchify_latent(tokens, patch, latent_shape):
@@ -43,8 +46,8 @@ def unpatchify_latent(tokens, patch, latent_shape):
   t, h, w, c = latent_shape
   pt, ph, pw = patch
   b = tokens.shape[0]
-  x = tokens.reshape(b, t // pt, h // ph, w // pw, pt, ph, pw, c)
-  return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t, h, w, c)
+  x = tokens.reshape(b, t // pt, h // ph, w // pw, c, pt, ph, pw)
+  return x.transpose(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, t, h, w, c)
 
 
 def token_layout(latent_shape, patch):
@@ -69,9 +72,15 @@ class MAR(nn.Module):
   dropout: float = 0.1
   head_width: int = 1024
   head_depth: int = 3
+  cond_activation: str = "none"   # between the condition's two linear layers: "none" (the
+                                  # release) or "gelu"
+  inner_dropout: bool = True      # dropout also on attention weights and MLP hidden units (timm)
   dtype: Dtype = jnp.float32
 
   def setup(self):
+    if self.cond_activation not in COND_ACTIVATIONS:
+      raise ValueError(f"cond_activation must be one of {tuple(COND_ACTIVATIONS)}, "
+                       f"got {self.cond_activation!r}")
     dense = lambda f, axes, name: layers.logical_dense(f, axes, dtype=self.dtype, name=name)
     embedding = lambda name, shape, axes: layers.learned_embedding(self, name, shape, axes)
     self.cond_fc1 = dense(self.width, ("embed", "mlp"), "cond_fc1")
@@ -82,20 +91,22 @@ class MAR(nn.Module):
                                  ("seq", "embed"))
     self.token_ln = layers.layer_norm(self.dtype, "token_ln")
     self.encoder = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dropout,
-                                      self.dtype, name="encoder")
+                                      self.dtype, inner_dropout=self.inner_dropout, name="encoder")
     self.decoder_proj = dense(self.decoder_width, ("embed", "mlp"), "decoder_proj")
     self.mask_token = embedding("mask_token", (self.decoder_width,), ("embed",))
     self.decoder_pos = embedding("decoder_pos", (self.buffer_size + self.seq_len, self.decoder_width),
                                  ("seq", "embed"))
     self.decoder = layers.Transformer(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim,
-                                      self.dropout, self.dtype, name="decoder")
+                                      self.dropout, self.dtype, inner_dropout=self.inner_dropout,
+                                      name="decoder")
     self.diffusion_pos = embedding("diffusion_pos", (self.seq_len, self.decoder_width), ("seq", "embed"))
     self.head = diffusion.DiffusionHead(self.head_width, self.head_depth, 2 * self.token_dim,
                                         dtype=self.dtype, name="head")
 
   def condition(self, embedding, keep):
     """(B, E) ECG embeddings -> (B, width); rows where keep is False get the null condition."""
-    c = self.cond_fc2(nn.gelu(self.cond_fc1(embedding.astype(self.dtype))))
+    activation = COND_ACTIVATIONS[self.cond_activation]
+    c = self.cond_fc2(activation(self.cond_fc1(embedding.astype(self.dtype))))
     return jnp.where(keep[:, None], c, self.null_condition.astype(self.dtype))
 
   def __call__(self, tokens, embedding, cond_keep, known_idx, known_valid, train=False):
@@ -147,10 +158,10 @@ class MAR(nn.Module):
     return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def training_mask(rng, batch, seq_len, min_ratio=0.7, mean=1.0, std=0.25):
-  """A random generation order and mask per example (docs/method.md, Stage 4; docs/fidelity.md, MAR): the ratio is drawn from a
-  normal(mean, std) truncated to [min_ratio, 1], the first ceil(ratio * S) tokens in the
-  order are masked.
+def training_mask(rng, batch, seq_len, min_ratio=0.7, mean=1.0, std=0.25, per="batch"):
+  """A random generation order per example and a mask: the ratio is drawn from a normal(mean,
+  std) truncated to [min_ratio, 1], once for the batch (`per="batch"`, the release) or per
+  example; the first ceil(ratio * S) tokens in each order are masked.
 
   Returns (mask (B, S) bool: to predict, known_idx (B, K), known_valid (B, K))
   with K = S - ceil(min_ratio * S), the most tokens any ratio leaves known.
@@ -159,7 +170,10 @@ def training_mask(rng, batch, seq_len, min_ratio=0.7, mean=1.0, std=0.25):
   order = jnp.argsort(jax.random.uniform(order_rng, (batch, seq_len)), axis=1)
   lower = (min_ratio - mean) / std
   upper = (1.0 - mean) / std
-  ratio = mean + std * jax.random.truncated_normal(ratio_rng, lower, upper, (batch,))
+  if per not in MASK_RATIOS_PER:
+    raise ValueError(f"per must be one of {MASK_RATIOS_PER}, got {per!r}")
+  draws = jax.random.truncated_normal(ratio_rng, lower, upper, (batch if per == "example" else 1,))
+  ratio = jnp.broadcast_to(mean + std * draws, (batch,))
   min_masked = max_masked_known(seq_len, min_ratio)[0]
   num_masked = jnp.clip(jnp.ceil(ratio * seq_len).astype(jnp.int32), min_masked, seq_len)
   rank = jnp.argsort(order, axis=1)  # position -> its place in the order

@@ -1,44 +1,30 @@
-"""A 3-D convolutional KL-VAE for cine CMR (CardioNets stage 3); the PatchGAN: discriminator.py.
+"""The 3-D convolutional KL-VAE for cine CMR (CardioNets stage 3); the PatchGAN: discriminator.py.
 
-LDM-style (Rombach et al., AutoencoderKL) with 3-D kernels, channels last:
+The release's Reducio-style VAE (LDM's AutoencoderKL with 3-D kernels), channels last:
 
-  encoder: conv_in -> per level `num_res_blocks` ResBlocks, then a strided
-           3x3x3 down-sampling conv (stride (2 if temporal_down[level] else 1,
-           2, 2)) after every level but the last -> 2 middle ResBlocks ->
-           GroupNorm, swish, conv to 2 * latent_channels (mean, logvar).
-  decoder: conv_in -> 2 middle ResBlocks -> per level, deepest first,
-           `num_res_blocks + 1` ResBlocks (the LDM decoder's extra block),
-           then a nearest-neighbour up-sampling + 3x3x3 conv that undoes the
-           encoder's down-sampling at that depth -> GroupNorm, swish, conv to
-           one channel. No tanh: the loss is L1 in [-1, 1] and callers clamp.
+  encoder: conv_in -> per level `num_res_blocks` ResBlocks, then a strided down-sampling conv
+           after every level but the last -> ResBlock, self-attention, ResBlock -> GroupNorm,
+           swish, conv to 2 * latent_channels -> quant_conv (1x1x1): the posterior's moments.
+  decoder: post_quant_conv (1x1x1) -> conv_in -> ResBlock, self-attention, ResBlock -> per
+           level, deepest first, `decoder_res_blocks` ResBlocks, then a nearest-neighbour
+           up-sampling + 3x3x3 conv that undoes the encoder's down-sampling at that depth ->
+           GroupNorm, swish, conv to one channel. No tanh: the loss is L1 in [-1, 1], callers clamp.
 
-Left out on purpose: the single-head self-attention of LDM's middle block
-(the model stays a plain conv net, whose FLOPs `vae_flops` counts exactly;
-at the base size the middle runs at 25 x 12 x 12 = 3,600 positions, so it
-could be added as a `layers.Attention` over those tokens if wanted), and the
-1x1x1 quant_conv / post_quant_conv pairs of LDM (linear maps right after /
-before another linear conv: parameters without expressiveness).
+Down-sampling is LDM's asymmetric one: no padding before, one zero row / column (and frame) after,
+then a stride-2 conv. A level that keeps time (`temporal_down[level]` False) uses a (1, 3, 3)
+kernel; the one that halves it (the last, in the release) a 3x3x3 kernel.
 
-With `base` sizes (128 channels, multipliers (1, 2, 4, 4), temporal_down
-(True, False, False)) a (50, 96, 96) cine maps to a (25, 12, 12, 16) latent.
+The latent the decoder is trained on is `latent_layer_norm(z)`: each example's sample normalised
+over all of (F', H', W', C), no affine (`latent_norm="layer_norm"`, the release). The generator
+models that normalised latent, and `decode` takes it as it is.
 
-Parameters carry logical axis names; a conv kernel is
-("conv_t", "conv_h", "conv_w", "conv_in", "mlp") and its bias ("mlp",), so
-the rule ("mlp" -> "tensor") shards output channels and the other names,
-absent from the rules, are replicated. Convs whose output is a single
-channel use "conv_out" there instead (a size-1 axis cannot be sharded).
-GroupNorm scale and bias are ("norm",). Activations are constrained to
-("batch", "frames", "height", "width", "channels"). `dtype` is the compute
-dtype; params are float32; posteriors and decodings come out float32.
-
-`conv_impl` picks how a 3-D conv is computed, never the parameters: "lax"
-(one 3-D conv_general_dilated), "taps" (the time taps stacked on channels,
-one 2-D conv: ~5x faster on XLA's CPU backend, forward and backward) or
-"auto" (taps on CPU, lax on GPU / TPU).
+With `base` sizes (128 channels, multipliers (1, 2, 4, 4), temporal_down (False, False, True),
+2 encoder / 4 decoder ResBlocks per level, 8-head mid attention) a (50, 96, 96) cine maps to a
+(25, 12, 12, 16) latent: the release's `vae_kl_ft2_fs8_z16`. Conv primitives, logical axis
+names and `conv_impl`: conv3d.py.
 """
 
 import dataclasses
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -47,140 +33,17 @@ import jax.numpy as jnp
 from flax import struct
 
 from cardionets_jax import losses
-from cardionets_jax.models import layers
+from cardionets_jax.models import conv3d
+from cardionets_jax.models.conv3d import ConvBlock, conv, constrain, group_norm
 from cardionets_jax.models.vit import cmr_to_float
 
 Dtype = Any
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
-
-ACTIVATION_AXES = ("batch", "frames", "height", "width", "channels")
-
-
-# ---------------------------------------------------------------------------
-# Building blocks.
+LATENT_NORMS = ("layer_norm", "none")
 
 
-def _triple(v):
-  return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
-
-
-CONV_IMPLS = ("auto", "lax", "taps")
-
-
-def _conv_taps(x, kernel, strides, padding):
-  """A 3-D conv as one 2-D conv: the kt time taps are stacked on the channel axis.
-
-  The same sum of products as the 3-D conv (up to float summation order),
-  but XLA's CPU backend runs 2-D convs several times faster than 3-D ones,
-  forward and backward. Costs a kt-fold copy of the input.
-  """
-  kt, kh, kw, c_in, c_out = kernel.shape
-  st, sh, sw = strides
-  (p0, p1), ph, pw = padding
-  b, t = x.shape[:2]
-  xp = jnp.pad(x, ((0, 0), (p0, p1), (0, 0), (0, 0), (0, 0)))
-  t_out = (t + p0 + p1 - kt) // st + 1
-  taps = [jax.lax.slice_in_dim(xp, i, i + st * (t_out - 1) + 1, st, axis=1) for i in range(kt)]
-  x2 = jnp.concatenate(taps, axis=-1) if kt > 1 else taps[0]
-  x2 = x2.reshape((b * t_out,) + x2.shape[2:])
-  k2 = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * c_in, c_out)
-  y = jax.lax.conv_general_dilated(x2, k2, (sh, sw), (ph, pw),
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return y.reshape((b, t_out) + y.shape[1:])
-
-
-def conv3d_apply(x, kernel, strides=(1, 1, 1), padding=None, impl="auto"):
-  """(B, T, H, W, Cin) * (kt, kh, kw, Cin, Cout) -> (B, T', H', W', Cout).
-
-  padding: ((lo, hi),) * 3, default kernel // 2 each side. impl: "lax" (one
-  3-D conv_general_dilated), "taps" (`_conv_taps`) or "auto" (taps on the
-  CPU backend, lax elsewhere, where cuDNN / the TPU run 3-D convs natively
-  and the taps' 3x copy of the input would only cost memory). 1x1x1 convs
-  are a plain channel contraction either way.
-  """
-  kernel_size = kernel.shape[:3]
-  strides = tuple(strides)
-  if padding is None:
-    padding = tuple((k // 2, k // 2) for k in kernel_size)
-  if impl not in CONV_IMPLS:
-    raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
-  if kernel_size == (1, 1, 1) and strides == (1, 1, 1) and all(p == (0, 0) for p in padding):
-    return jnp.einsum("bthwc,cd->bthwd", x, kernel[0, 0, 0])
-  if impl == "auto":
-    impl = "taps" if jax.default_backend() == "cpu" else "lax"
-  if impl == "taps":
-    return _conv_taps(x, kernel, strides, padding)
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-
-
-class Conv3D(nn.Module):
-  """A 3-D conv, padded by kernel // 2 on each side (params "kernel", "bias").
-
-  With a 3x3x3 kernel and stride 2 that maps an even size n to n / 2 (any
-  size n to ceil(n / 2)); with stride 1 it keeps the size. Kernel axes
-  ("conv_t", "conv_h", "conv_w", "conv_in", out_axis), bias (out_axis,).
-  """
-  features: int
-  kernel_size: Sequence[int] = (3, 3, 3)
-  strides: Sequence[int] = (1, 1, 1)
-  use_bias: bool = True
-  out_axis: str = "mlp"
-  impl: str = "auto"
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
-    axes = ("conv_t", "conv_h", "conv_w", "conv_in", self.out_axis)
-    kernel_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
-    kernel = self.param("kernel", kernel_init, shape, jnp.float32)
-    y = conv3d_apply(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, impl=self.impl)
-    if self.use_bias:
-      bias_init = nn.with_logical_partitioning(nn.initializers.zeros, (self.out_axis,))
-      bias = self.param("bias", bias_init, (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
-
-
-def conv3d(features, kernel=3, strides=1, *, dtype, name, out_axis="mlp", use_bias=True,
-           impl="auto"):
-  return Conv3D(features, _triple(kernel), _triple(strides), use_bias, out_axis, impl, dtype,
-                name=name)
-
-
-def _conv(module, features, kernel=3, strides=1, *, name, **kw):
-  """`conv3d` with the calling module's dtype and conv_impl."""
-  return conv3d(features, kernel, strides, dtype=module.dtype, impl=module.conv_impl, name=name,
-                **kw)
-
-
-def num_groups(channels, max_groups=32):
-  """The largest group count <= max_groups that divides `channels`."""
-  return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
-
-
-def group_norm(channels, dtype, name):
-  return nn.GroupNorm(
-      num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-      name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
-
-
-def _constrain(x):
-  return layers.constrain(x, *ACTIVATION_AXES)
-
-
-class _ConvBlock(nn.Module):
-  """The compute dtype and conv implementation `_conv` reads; subclasses add their own fields,
-  keyword-only (after the defaults here)."""
-  dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"
-
-
-class ResBlock3D(_ConvBlock):
+class ResBlock3D(ConvBlock):
   """(GroupNorm, swish, 3x3x3 conv) twice, plus the input (1x1x1 conv if channels change)."""
   _: dataclasses.KW_ONLY
   features: int
@@ -188,26 +51,59 @@ class ResBlock3D(_ConvBlock):
   @nn.compact
   def __call__(self, x):
     h = nn.swish(group_norm(x.shape[-1], self.dtype, "norm1")(x))
-    h = _conv(self, self.features, name="conv1")(h)
+    h = conv(self, self.features, name="conv1")(h)
     h = nn.swish(group_norm(self.features, self.dtype, "norm2")(h))
-    h = _conv(self, self.features, name="conv2")(h)
+    h = conv(self, self.features, name="conv2")(h)
     if x.shape[-1] != self.features:
-      x = _conv(self, self.features, 1, name="skip")(x)
-    return _constrain(x.astype(self.dtype) + h)
+      x = conv(self, self.features, 1, name="skip")(x)
+    return constrain(x.astype(self.dtype) + h)
 
 
-class Downsample3D(_ConvBlock):
-  """A strided 3x3x3 conv: stride (2 if temporal else 1, 2, 2), channels kept."""
+class MidAttention3D(ConvBlock):
+  """x + proj(attention(GroupNorm(x))) over all F' x H' x W' positions, `num_heads` heads.
+
+  q, k, v and the output projection are 1x1x1 convs; channel c belongs to head c // head_dim."""
+  _: dataclasses.KW_ONLY
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x):
+    b, f, h, w, c = x.shape
+    if c % self.num_heads:
+      raise ValueError(f"{c} channels do not split into {self.num_heads} attention heads")
+    y = group_norm(c, self.dtype, "norm")(x)
+    heads = lambda n: conv(self, c, 1, name=n)(y).reshape(b, f * h * w, self.num_heads, -1)
+    out = jax.nn.dot_product_attention(heads("q"), heads("k"), heads("v"))
+    out = conv(self, c, 1, name="proj_out")(out.reshape(b, f, h, w, c))
+    return constrain(x.astype(self.dtype) + out)
+
+
+def _mid(module, h):
+  """ResBlock, attention (when `mid_attention_heads`), ResBlock at the latent resolution."""
+  c = h.shape[-1]
+  h = ResBlock3D(features=c, dtype=module.dtype, conv_impl=module.conv_impl, name="mid_block1")(h)
+  if module.mid_attention_heads:
+    h = MidAttention3D(num_heads=module.mid_attention_heads, dtype=module.dtype,
+                       conv_impl=module.conv_impl, name="mid_attention")(h)
+  return ResBlock3D(features=c, dtype=module.dtype, conv_impl=module.conv_impl,
+                    name="mid_block2")(h)
+
+
+class Downsample3D(ConvBlock):
+  """Pad one zero after (height, width, and time if `temporal`), then a stride-2 conv: (3, 3, 3)
+  over time when `temporal`, else (1, 3, 3) with time kept."""
   _: dataclasses.KW_ONLY
   temporal: bool
 
   @nn.compact
   def __call__(self, x):
+    kernel = (3 if self.temporal else 1, 3, 3)
     strides = (2 if self.temporal else 1, 2, 2)
-    return _constrain(_conv(self, x.shape[-1], 3, strides, name="conv")(x))
+    padding = ((0, 1) if self.temporal else (0, 0), (0, 1), (0, 1))
+    return constrain(conv(self, x.shape[-1], kernel, strides, padding=padding, name="conv")(x))
 
 
-class Upsample3D(_ConvBlock):
+class Upsample3D(ConvBlock):
   """Nearest-neighbour repeat by (2 if temporal else 1, 2, 2), then a 3x3x3 conv."""
   _: dataclasses.KW_ONLY
   temporal: bool
@@ -217,7 +113,7 @@ class Upsample3D(_ConvBlock):
     if self.temporal:
       x = jnp.repeat(x, 2, axis=1)
     x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-    return _constrain(_conv(self, x.shape[-1], name="conv")(x))
+    return constrain(conv(self, x.shape[-1], name="conv")(x))
 
 
 def _check_levels(channel_mult, temporal_down):
@@ -275,24 +171,35 @@ class DiagonalGaussian:
     return losses.kl_divergence(self.mean, self.logvar)
 
 
+def latent_layer_norm(z, eps=1e-5):
+  """Each example's latent normalised over all its axes (F', H', W', C); no affine."""
+  axes = tuple(range(1, z.ndim))
+  z = z.astype(jnp.float32)
+  mean = jnp.mean(z, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(z - mean), axis=axes, keepdims=True)
+  return (z - mean) * jax.lax.rsqrt(var + eps)
+
+
 # ---------------------------------------------------------------------------
 # Encoder, decoder, VAE.
 
 
-class Encoder3D(_ConvBlock):
-  """(B, F, H, W, 1) float in [-1, 1] -> moments (B, F', H', W', 2 * latent_channels) float32."""
+class Encoder3D(ConvBlock):
+  """(B, F, H, W, 1) float in [-1, 1] -> (B, F', H', W', 2 * latent_channels) float32 (before
+  the quant conv)."""
   _: dataclasses.KW_ONLY
   base_channels: int
   channel_mult: Sequence[int]
   num_res_blocks: int
   latent_channels: int
   temporal_down: Sequence[bool]
+  mid_attention_heads: int
 
   @nn.compact
   def __call__(self, x):
     _check_levels(self.channel_mult, self.temporal_down)
     last = len(self.channel_mult) - 1
-    h = _constrain(_conv(self, self.base_channels, name="conv_in")(x.astype(self.dtype)))
+    h = constrain(conv(self, self.base_channels, name="conv_in")(x.astype(self.dtype)))
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
         h = ResBlock3D(features=self.base_channels * mult, dtype=self.dtype,
@@ -300,58 +207,69 @@ class Encoder3D(_ConvBlock):
       if level < last:
         h = Downsample3D(temporal=bool(self.temporal_down[level]), dtype=self.dtype,
                          conv_impl=self.conv_impl, name=f"down{level}_downsample")(h)
-    for i in (1, 2):
-      h = ResBlock3D(features=h.shape[-1], dtype=self.dtype, conv_impl=self.conv_impl,
-                     name=f"mid_block{i}")(h)
-    h = nn.swish(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
-    moments = _conv(self, 2 * self.latent_channels, name="conv_out")(h)
-    return moments.astype(jnp.float32)
+    h = nn.swish(group_norm(h.shape[-1], self.dtype, "norm_out")(_mid(self, h)))
+    return conv(self, 2 * self.latent_channels, name="conv_out")(h).astype(jnp.float32)
 
 
-class Decoder3D(_ConvBlock):
-  """Latent (B, F', H', W', C) -> (B, F, H, W) float32, roughly in [-1, 1] (not clamped)."""
+class Decoder3D(ConvBlock):
+  """Latent (B, F', H', W', C) (after the post-quant conv) -> (B, F, H, W) float32, roughly in
+  [-1, 1] (not clamped)."""
   _: dataclasses.KW_ONLY
   base_channels: int
   channel_mult: Sequence[int]
-  num_res_blocks: int
+  decoder_res_blocks: int
   temporal_down: Sequence[bool]
+  mid_attention_heads: int
 
   @nn.compact
   def __call__(self, z):
     _check_levels(self.channel_mult, self.temporal_down)
     top = self.base_channels * self.channel_mult[-1]
-    h = _constrain(_conv(self, top, name="conv_in")(z.astype(self.dtype)))
-    for i in (1, 2):
-      h = ResBlock3D(features=top, dtype=self.dtype, conv_impl=self.conv_impl,
-                     name=f"mid_block{i}")(h)
+    h = _mid(self, constrain(conv(self, top, name="conv_in")(z.astype(self.dtype))))
     for level in reversed(range(len(self.channel_mult))):
-      for i in range(self.num_res_blocks + 1):
+      for i in range(self.decoder_res_blocks):
         h = ResBlock3D(features=self.base_channels * self.channel_mult[level], dtype=self.dtype,
                        conv_impl=self.conv_impl, name=f"up{level}_block{i}")(h)
       if level > 0:   # undoes the encoder's down-sampling after level - 1
         h = Upsample3D(temporal=bool(self.temporal_down[level - 1]), dtype=self.dtype,
                        conv_impl=self.conv_impl, name=f"up{level}_upsample")(h)
     h = nn.swish(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
-    out = _conv(self, 1, name="conv_out", out_axis="conv_out")(h)
+    out = conv(self, 1, name="conv_out", out_axis="conv_out")(h)
     return out[..., 0].astype(jnp.float32)
 
 
 class VAE3D(nn.Module):
-  """KL-VAE over cine CMR. `__call__` needs a "sample" rng when sample=True."""
+  """KL-VAE over cine CMR. `__call__` needs a "sample" rng when sample=True.
+
+  `quant_convs`: the 1x1x1 convs after the encoder and before the decoder (the release's);
+  `latent_norm`: what the decoder is trained on, "layer_norm" (`latent_layer_norm`, the
+  release's) or "none" (the raw sample)."""
   base_channels: int = 128
   channel_mult: Sequence[int] = (1, 2, 4, 4)
   num_res_blocks: int = 2
+  decoder_res_blocks: int = 4
   latent_channels: int = 16
-  temporal_down: Sequence[bool] = (True, False, False)
+  temporal_down: Sequence[bool] = (False, False, True)
+  mid_attention_heads: int = 8
+  quant_convs: bool = True
+  latent_norm: str = "layer_norm"
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
 
   def setup(self):
+    if self.latent_norm not in LATENT_NORMS:
+      raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {self.latent_norm!r}")
     common = dict(base_channels=self.base_channels, channel_mult=tuple(self.channel_mult),
-                  num_res_blocks=self.num_res_blocks, temporal_down=tuple(self.temporal_down),
-                  dtype=self.dtype, conv_impl=self.conv_impl)
-    self.encoder = Encoder3D(latent_channels=self.latent_channels, **common)
-    self.decoder = Decoder3D(**common)
+                  temporal_down=tuple(self.temporal_down),
+                  mid_attention_heads=self.mid_attention_heads, dtype=self.dtype,
+                  conv_impl=self.conv_impl)
+    self.encoder = Encoder3D(latent_channels=self.latent_channels,
+                             num_res_blocks=self.num_res_blocks, **common)
+    self.decoder = Decoder3D(decoder_res_blocks=self.decoder_res_blocks, **common)
+    if self.quant_convs:
+      one = lambda features, name: conv3d.conv3d(features, 1, dtype=self.dtype, name=name)
+      self.quant_conv = one(2 * self.latent_channels, "quant_conv")
+      self.post_quant_conv = one(self.latent_channels, "post_quant_conv")
 
   def latent_shape(self, video_shape):
     return latent_shape(video_shape, self.channel_mult, self.temporal_down, self.latent_channels)
@@ -362,71 +280,56 @@ class VAE3D(nn.Module):
       raise ValueError(f"expected a (B, F, H, W) cine, got shape {video.shape}")
     self.latent_shape(video.shape[1:])   # raises on sizes that do not divide
     x = cmr_to_float(video) if video.dtype == jnp.uint8 else video
-    return DiagonalGaussian.from_moments(self.encoder(x[..., None]))
+    moments = self.encoder(x[..., None])
+    if self.quant_convs:
+      moments = self.quant_conv(moments)
+    return DiagonalGaussian.from_moments(moments)
+
+  def normalize(self, z):
+    """A posterior sample (or mean) -> the latent the decoder reads."""
+    return latent_layer_norm(z) if self.latent_norm == "layer_norm" else z
 
   def decode(self, z):
-    """(B, F', H', W', C) -> (B, F, H, W) float32."""
+    """A decoder-space latent (B, F', H', W', C) -> (B, F, H, W) float32."""
+    if self.quant_convs:
+      z = self.post_quant_conv(z.astype(self.dtype))
     return self.decoder(z)
 
   def __call__(self, video, sample=True):
     """Returns (recon (B, F, H, W) float32, posterior)."""
     posterior = self.encode(video)
     z = posterior.sample(self.make_rng("sample")) if sample else posterior.mode()
-    return self.decode(z), posterior
+    return self.decode(self.normalize(z)), posterior
 
   def flops(self, video_shape):
-    return vae_flops(video_shape, base_channels=self.base_channels,
-                     channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
-                     latent_channels=self.latent_channels, temporal_down=self.temporal_down)
+    return vae_flops(video_shape, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                     if f.name not in ("parent", "name", "dtype", "conv_impl")})
 
 
-def _conv_plan(video_shape, base_channels, channel_mult, num_res_blocks, latent_channels,
-               temporal_down):
-  """(output voxels, kernel volume, c_in, c_out) for every conv of encoder + decoder."""
-  latent_shape(video_shape, channel_mult, temporal_down, latent_channels)
-  size = list(video_shape)
-  plan = []
+def vae_flops(video_shape, **sizes):
+  """Forward FLOPs (encode + decode) per example: 2 * out_voxels * kernel volume * c_in * c_out
+  summed over every conv, plus the attention products (2 * 2 * N^2 * C), counted while tracing
+  the model's shapes, so the count follows the model. Norms, activations and the sampling are
+  left out (a few % at most)."""
+  model = VAE3D(**sizes, parent=None)   # not a submodule of a caller (`VAE3D.flops`)
+  counted = []
 
-  def conv(c_in, c_out, k=27):
-    plan.append((math.prod(size), k, c_in, c_out))
+  def count(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name == "__call__" and isinstance(module, conv3d.Conv3D):
+      kt, kh, kw = module.kernel_size
+      counted.append(2 * (out.size // out.shape[-1]) * kt * kh * kw * args[0].shape[-1]
+                     * module.features)
+    elif context.method_name == "__call__" and isinstance(module, MidAttention3D):
+      b, f, h, w, c = args[0].shape
+      counted.append(2 * 2 * b * (f * h * w) ** 2 * c)
+    return out
 
-  def res(c_in, c_out):
-    conv(c_in, c_out)
-    conv(c_out, c_out)
-    if c_in != c_out:
-      conv(c_in, c_out, 1)
-    return c_out
-
-  last = len(channel_mult) - 1
-  conv(1, base_channels)
-  c = base_channels
-  for level, mult in enumerate(channel_mult):
-    for _ in range(num_res_blocks):
-      c = res(c, base_channels * mult)
-    if level < last:
-      size = [size[0] // (2 if temporal_down[level] else 1), size[1] // 2, size[2] // 2]
-      conv(c, c)
-  c = res(res(c, c), c)
-  conv(c, 2 * latent_channels)
-  # decoder
-  conv(latent_channels, c)
-  c = res(res(c, c), c)
-  for level in reversed(range(len(channel_mult))):
-    for _ in range(num_res_blocks + 1):
-      c = res(c, base_channels * channel_mult[level])
-    if level > 0:
-      size = [size[0] * (2 if temporal_down[level - 1] else 1), size[1] * 2, size[2] * 2]
-      conv(c, c)
-  conv(c, 1)
-  return plan
-
-
-def vae_flops(video_shape, *, base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
-              latent_channels=16, temporal_down=(True, False, False)):
-  """Forward conv FLOPs (encode + decode) per example: sum of 2 * out_voxels * k^3 * c_in * c_out.
-
-  Norms, activations and the sampling are left out (a few % at most).
-  """
-  return sum(2 * n * k * ci * co for n, k, ci, co in _conv_plan(
-      tuple(video_shape), base_channels, tuple(channel_mult), num_res_blocks, latent_channels,
-      tuple(temporal_down)))
+  video = jax.ShapeDtypeStruct((1,) + tuple(video_shape), jnp.float32)
+  with nn.intercept_methods(count):
+    variables = jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v, sample=False), video)
+  counted.clear()   # init traced once; count one forward
+  with nn.intercept_methods(count):
+    jax.eval_shape(lambda p, v: model.apply(p, v, sample=False), variables, video)
+  return int(sum(counted))

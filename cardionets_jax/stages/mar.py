@@ -1,8 +1,8 @@
 """Stage 4: the ECG-conditioned MAR generator with a diffusion head.
 
 Trains on the tokenize stage's cached VAE posteriors (a fresh latent is
-drawn from each posterior every step), normalised per channel with
-training-split statistics kept in the frozen state; evaluated by
+drawn from each posterior every step), in the latent space `mar.latent_space` names (see
+`to_tokens`); evaluated by
 `evaluators.generation` (held-out cines generated from their own ECG, a
 shuffled one and none, against the true cines).
 """
@@ -22,6 +22,7 @@ from cardionets_jax.data import records
 from cardionets_jax.evaluators import generation
 from cardionets_jax.models import diffusion
 from cardionets_jax.models import mar as mar_lib
+from cardionets_jax.models import vae3d
 from cardionets_jax.stages import common
 from cardionets_jax.stages import context as context_lib
 from cardionets_jax.stages import vae as vae_stage
@@ -55,7 +56,8 @@ def build_model(config, latent_shape):
       mlp_dim=m.mlp_dim, decoder_width=m.decoder_width, decoder_depth=m.decoder_depth,
       decoder_heads=m.decoder_heads, decoder_mlp_dim=m.decoder_mlp_dim,
       buffer_size=m.buffer_size, dropout=m.dropout, head_width=m.head_width,
-      head_depth=m.head_depth, dtype=jnp.dtype(config.train.compute_dtype))
+      head_depth=m.head_depth, cond_activation=m.cond_activation, inner_dropout=m.inner_dropout,
+      dtype=jnp.dtype(config.train.compute_dtype))
 
 
 def example_spec(latent_shape, embed_dim):
@@ -75,13 +77,38 @@ def train_flops_per_example(config):
       head_depth=m.head_depth, known=known, head_rows=seq_len * c.diffusion_mul)
 
 
-def to_tokens(latent, frozen, patch):
-  """Raw latents (B, T, H, W, C) -> normalised tokens (B, S, D)."""
-  return mar_lib.patchify_latent((latent - frozen["latent_mean"]) / frozen["latent_std"], patch)
+LATENT_SPACES = ("decoder", "channel_stats", "raw")
 
 
-def from_tokens(tokens, frozen, patch, shape):
-  return mar_lib.unpatchify_latent(tokens, patch, shape) * frozen["latent_std"] + frozen["latent_mean"]
+def to_tokens(latent, frozen, patch, space, latent_norm):
+  """Posterior samples (B, T, H, W, C) -> the tokens (B, S, D) the generator models.
+
+  space "decoder" (the release's VAE forward): the latent as the decoder reads it, i.e. with the
+  VAE's `latent_norm` applied; "channel_stats": standardised per channel with training-split
+  statistics (`frozen`); "raw": the sample as it is (the release's latent caching, whose
+  generations are decoded without the layer norm).
+  """
+  if space == "decoder":
+    latent = vae3d.latent_layer_norm(latent) if latent_norm == "layer_norm" else latent
+  elif space == "channel_stats":
+    latent = (latent - frozen["latent_mean"]) / frozen["latent_std"]
+  elif space != "raw":
+    raise ValueError(f"mar.latent_space must be one of {LATENT_SPACES}, got {space!r}")
+  return mar_lib.patchify_latent(latent, patch)
+
+
+def from_tokens(tokens, frozen, patch, shape, space, latent_norm):
+  """Generated tokens -> the latent the VAE decoder is given (the inverse of `to_tokens`)."""
+  latent = mar_lib.unpatchify_latent(tokens, patch, shape)
+  if space == "channel_stats":
+    latent = latent * frozen["latent_std"] + frozen["latent_mean"]
+    latent = vae3d.latent_layer_norm(latent) if latent_norm == "layer_norm" else latent
+  return latent
+
+
+def tokens_latent_norm(tokens_meta):
+  """The latent norm of the VAE a tokens dataset was made with (older tokens: "none")."""
+  return ((tokens_meta.provenance or {}).get("vae") or {}).get("latent_norm", "none")
 
 
 def latent_stats(tokens_dir, limit):
@@ -104,10 +131,12 @@ def make_task(config, tokens_dir=None):
   c, patch = config.mar, tuple(config.model.patch)
   sched = diffusion.make_schedule(c.train_timesteps)
   channels = shape[-1]
+  latent_norm = (tokens_latent_norm(tokens_meta) if tokens_meta is not None
+                 else context_lib.config_for_upstream("vae", config).model.latent_norm)
 
   def masks(rng, batch_size):
     return mar_lib.training_mask(rng, batch_size, model.seq_len, c.min_mask_ratio,
-                                 c.mask_ratio_mean, c.mask_ratio_std)
+                                 c.mask_ratio_mean, c.mask_ratio_std, c.mask_ratio_per)
 
   def init_params(rng):
     tokens = jnp.zeros((1, model.seq_len, model.token_dim))
@@ -124,7 +153,7 @@ def make_task(config, tokens_dir=None):
     sample_rng, mask_rng, drop_rng, diff_rng, dropout_rng = jax.random.split(rng, 5)
     mean, logvar = batch["latent_mean"], batch["latent_logvar"]
     latent = mean + jnp.exp(0.5 * logvar) * jax.random.normal(sample_rng, mean.shape)
-    tokens = to_tokens(latent, frozen, patch)
+    tokens = to_tokens(latent, frozen, patch, c.latent_space, latent_norm)
     b = tokens.shape[0]
     mask, idx, valid = masks(mask_rng, b)
     keep = jax.random.uniform(drop_rng, (b,)) >= c.cond_drop
@@ -163,7 +192,7 @@ def make_generate(config, model, vae, shape):
                                    cfg_scale=s.cfg_scale, cfg_schedule=s.cfg_schedule,
                                    temperature=s.temperature, clip_x0=s.clip_x0 or None,
                                    conditioned=conditioned)
-    latent = from_tokens(tokens, frozen, patch, shape)
+    latent = from_tokens(tokens, frozen, patch, shape, config.mar.latent_space, vae.latent_norm)
     return jnp.clip(vae.apply({"params": vae_params}, latent, method=vae.decode), -1.0, 1.0)
 
   return jax.jit(generate, static_argnames=("conditioned",))

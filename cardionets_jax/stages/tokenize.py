@@ -49,7 +49,7 @@ def run(config, context):
     return generate
 
   latent_shape = list(vae_stage.latent_shape(vae_config))
-  made_by = dict(vae=dict(checkpoint=vae_up.path, step=int(vae_step)),
+  made_by = dict(vae=dict(checkpoint=vae_up.path, step=int(vae_step), latent_norm=vae.latent_norm),
                  align=dict(checkpoint=align_up.path, step=int(align_step)),
                  data=data_dir, tokenize_config=config.to_dict())
   out_meta = records.DatasetMeta(

@@ -31,10 +31,12 @@ def cmr_shape(config):
 
 
 def build_vae(config):
-  m = config.model
-  return vae3d.VAE3D(base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
-                     num_res_blocks=m.num_res_blocks, latent_channels=m.latent_channels,
-                     temporal_down=tuple(m.temporal_down), dtype=jnp.dtype(config.train.compute_dtype))
+  return vae3d.VAE3D(**model_sizes(config), dtype=jnp.dtype(config.train.compute_dtype))
+
+
+def model_sizes(config):
+  """configs/vae.py's `model` as VAE3D's fields (sequences as tuples)."""
+  return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.model.items()}
 
 
 def build_discriminator(config):
@@ -44,11 +46,8 @@ def build_discriminator(config):
 
 
 def train_flops_per_example(config):
-  """Analytic conv FLOPs of one training example: 3x the VAE forward (the discriminator left out)."""
-  m = config.model
-  return 3 * vae3d.vae_flops(tuple(config.vae.train_crop) or cmr_shape(config), base_channels=m.base_channels,
-                             channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
-                             latent_channels=m.latent_channels, temporal_down=tuple(m.temporal_down))
+  """Conv and attention FLOPs of one training example: 3x the VAE forward (the discriminator left out)."""
+  return 3 * vae3d.vae_flops(tuple(config.vae.train_crop) or cmr_shape(config), **model_sizes(config))
 
 
 def perceptual_loss(recon, target):
