@@ -4,6 +4,8 @@
   python -m cardionets_jax.convert --source=release_ecg --pth=aligned_ECG_encoder.pth --out=DIR
   python -m cardionets_jax.convert --source=release_cm --pth=trained_by_MIMIC_CM_best-auc.pth --out=DIR
   python -m cardionets_jax.convert --source=timm_vit --pth=vit_b16_50ch.pth --out=DIR [--report]
+  python -m cardionets_jax.convert --source=release_vae --pth=checkpoint-0004.pth --out=DIR
+  python -m cardionets_jax.convert --source=release_mar --pth=checkpoint-last.pth --out=DIR
 
 DIR becomes a workdir holding one finished stage:
 
@@ -11,6 +13,8 @@ DIR becomes a workdir holding one finished stage:
   release_ecg  DIR/align/checkpoints/0     params/ecg_encoder, ecg_proj -> init.align
   release_cm   DIR/finetune/...            one method, label `cardiomyopathy` -> predict --workdir=DIR
   timm_vit     DIR/mae/checkpoints/0       params/encoder             -> init.mae
+  release_vae  DIR/vae/checkpoints/0       params/vae                 -> init.vae (tokenize)
+  release_mar  DIR/mar/checkpoints/0       params (its model_ema), artifacts/generator
 
 The file is read without torch and without running its pickle (`pth_reader`). Every key must be
 mapped or known to be dropped, every shape must fit: otherwise nothing is written and the error
@@ -31,28 +35,32 @@ import numpy as np
 
 from cardionets_jax.convert import mapping
 from cardionets_jax.convert import pth_reader
+from cardionets_jax.convert import release_mar
+from cardionets_jax.convert import release_vae
 from cardionets_jax.convert import stmem as stmem_keys
 from cardionets_jax.convert import timm_vit
 from cardionets_jax.stages import context as context_lib
 
-SOURCES = ("stmem", "release_ecg", "release_cm", "timm_vit")
+SOURCES = ("stmem", "release_ecg", "release_cm", "timm_vit", "release_vae", "release_mar")
 ENTRIES = ("model", "state_dict", "model_ema")   # where torch.save'd dicts keep the weights
+# The generator samples with its EMA weights, which the release saves beside the raw ones.
+SOURCE_ENTRIES = {"release_mar": ("model_ema", "model", "state_dict")}
 CM_METHOD = "release-mimic-cardiomyopathy"
 CM_LABEL = "cardiomyopathy"
 
 
-def weights(obj, path):
-  """The state_dict of a loaded checkpoint: the object itself or its first entry in ENTRIES."""
+def weights(obj, path, entries=ENTRIES):
+  """The state_dict of a loaded checkpoint: the object itself or its first entry in `entries`."""
   is_state = lambda d: isinstance(d, dict) and d and all(isinstance(v, np.ndarray)
                                                          for v in d.values())
   if is_state(obj):
     return obj
-  for key in ENTRIES:
+  for key in entries:
     if isinstance(obj, dict) and is_state(obj.get(key)):
       return obj[key]
   held = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
   raise mapping.ConvertError(f"{path}: no state_dict of tensors in the file or in its entries "
-                             f"{ENTRIES} (it holds {held})")
+                             f"{entries} (it holds {held})")
 
 
 def abstract_params(module, *args, method=None):
@@ -88,8 +96,40 @@ def _dense_target(path, width, features):
           f"{path}/bias": jax.ShapeDtypeStruct((features,), jnp.float32)}
 
 
+def _vae_plan(state_dict, num_heads):
+  from cardionets_jax.stages import vae
+  s = release_vae.sizes(state_dict, num_heads)
+  config = context_lib.stage_config("vae", "base")
+  config.model.update(s)
+  video = jnp.zeros((1,) + vae.cmr_shape(config), jnp.uint8)
+  target = _prefixed("vae", abstract_params(vae.build_vae(config), video, False))
+  return "vae", config, target, release_vae.rules(state_dict, s), release_vae.KNOWN_UNUSED
+
+
+def _mar_plan(state_dict, num_heads):
+  from cardionets_jax.models import diffusion
+  from cardionets_jax.models import mar as mar_lib
+  s = release_mar.sizes(state_dict, num_heads)
+  config = context_lib.stage_config("mar", "base")
+  shapes = {k: s.pop(k) for k in ("seq_len", "token_dim", "embed_dim")}
+  config.model.update(s)
+  model = mar_lib.MAR(seq_len=shapes["seq_len"], token_dim=shapes["token_dim"], **s,
+                      cond_activation=config.model.cond_activation,
+                      inner_dropout=config.model.inner_dropout)
+  mask, idx, valid = mar_lib.training_mask(jax.random.PRNGKey(0), 1, shapes["seq_len"])
+  args = (jnp.zeros((1, shapes["seq_len"], shapes["token_dim"])), jnp.zeros((1, shapes["embed_dim"])),
+          jnp.ones((1,), bool), mask, idx, valid, diffusion.make_schedule(10),
+          jax.random.PRNGKey(0))
+  target = abstract_params(model, *args, method=mar_lib.MAR.loss)
+  return "mar", config, target, release_mar.rules(s), release_mar.KNOWN_UNUSED
+
+
 def plan(source, state_dict, num_heads=None):
   """(stage, config, target {path: shape}, rules, known unused) for one source's state_dict."""
+  if source == "release_vae":
+    return _vae_plan(state_dict, num_heads)
+  if source == "release_mar":
+    return _mar_plan(state_dict, num_heads)
   if source == "timm_vit":
     from cardionets_jax.stages import mae
     s = timm_vit.sizes(state_dict, num_heads)
@@ -146,7 +186,7 @@ def convert_state(source, state_dict, num_heads=None, name="the state_dict"):
 def convert(source, pth, out, num_heads=None):
   """Converts one file into the workdir `out`; returns the report. Raises ConvertError (nothing
   written) when the state_dict does not fit."""
-  state_dict = weights(pth_reader.load(pth), pth)
+  state_dict = weights(pth_reader.load(pth), pth, SOURCE_ENTRIES.get(source, ENTRIES))
   stage, config, params, report = convert_state(source, state_dict, num_heads, pth)
   report.update(pth=os.path.abspath(pth), sha256=_sha256(pth))
   config.converted_from = ml_collections.ConfigDict(dict(source=source, file=os.path.basename(pth),
@@ -184,8 +224,24 @@ def _write(source, stage, config, params, out, report):
               f"({os.path.basename(report['pth'])}): it predicts that one disease and no "
               "phenotypes (the release publishes no phenotype head); threshold 0.5 as the "
               "release reports"))})
+  if source == "release_mar":
+    _write_generator(workdir, config, params)
   write_json(os.path.join(workdir.stage_dir(stage), "conversion.json"), report)
   workdir.mark_finished(stage, config, converted_from=report["pth"], sha256=report["sha256"])
+
+
+def _write_generator(workdir, config, params):
+  """The sampling weights screening reads (`stages/mar.py::export_generator`'s layout); the
+  channel statistics are the identity: the release models the decoder's own latent."""
+  import orbax.checkpoint as ocp
+  from cardionets_jax.stages import mar
+  channels = mar.token_shapes(config)[0][-1]
+  frozen = dict(latent_mean=np.zeros((channels,), np.float32),
+                latent_std=np.ones((channels,), np.float32))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(workdir.artifact("mar", "generator"),
+                    dict(params=jax.tree.map(jnp.asarray, params), frozen=frozen), force=True)
+  checkpointer.wait_until_finished()
 
 
 def parse_args(argv):
