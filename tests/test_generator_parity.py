@@ -21,6 +21,7 @@ from cardionets_jax.convert import mapping
 from cardionets_jax.models import diffusion
 from cardionets_jax.models import mar as mar_lib
 from cardionets_jax.models import vae3d
+from cardionets_jax.stages import context as context_lib
 from cardionets_jax.stages import vae as vae_stage
 
 GOLDEN = os.environ.get("PARITY_GOLDEN", os.path.join(os.path.dirname(__file__), "golden"))
@@ -49,6 +50,7 @@ def close(got, want, name, relative=False):
   assert got.shape == want.shape, name
   err = float(np.max(np.abs(got - want)))
   bound = TOLERANCE * (max(1.0, float(np.max(np.abs(want)))) if relative else 1.0)
+  print(f"{name}: max abs difference {err:.2e}")
   assert err <= bound, f"{name}: max abs difference {err:.2e} (bound {bound:.2e})"
   return err
 
@@ -132,3 +134,19 @@ def test_every_key_is_mapped_and_a_wrong_file_is_refused_by_key(name, source):
   extra = dict(state_dict, **{"extra.weight": np.zeros((2, 2), np.float32)})
   with pytest.raises(mapping.ConvertError, match=r"extra\.weight"):
     convert.convert_state(source, extra, num_heads=sizes["heads"])
+
+
+@pytest.mark.parametrize("name,source,held", [("vae", "release_vae", 277_734_097),
+                                              ("mar", "release_mar", 193_187_456)])
+def test_base_size_layouts_map_every_key(name, source, held):
+  # The key/shape manifests of the release's sizes, as the golden script writes them with
+  # --size=base. Zero-stride arrays of those shapes: only the layout is under test.
+  with open(os.path.join(os.path.dirname(__file__), "golden", f"release_{name}_keys_base.json")) as f:
+    manifest = json.load(f)
+  state_dict = {k: np.broadcast_to(np.float32(0), s) for k, s in manifest["keys"].items()}
+  _, config, params, report = convert.convert_state(source, state_dict)
+  assert not report["missing"] and not report["errors"]
+  assert len(report["mapped"]) + len(report["unused"]) == len(state_dict)
+  assert sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params)) == held
+  if name == "vae":
+    assert dict(config.model) == dict(context_lib.stage_config("vae", "base").model)
