@@ -231,3 +231,30 @@ def test_invalid_arguments():
     image_metrics.ssim(jnp.zeros((16, 16)), jnp.zeros((16, 16)), 2.0, win_size=4)
   with pytest.raises(ValueError, match="same shape"):
     image_metrics.psnr(jnp.zeros((8, 8)), jnp.zeros((8, 9)), 2.0)
+
+
+def release_ssim(x, y):
+  """The release's compute_ssim on [0, 1] frames: an 11 x 11 Gaussian (sigma 1.5, normalised
+  2-D exp(-(dx^2 + dy^2) / 2 sigma^2)), valid convolution, c1 = 1e-4, c2 = 9e-4, mean of the map."""
+  from scipy.signal import convolve2d
+  coords = np.arange(11) - 5
+  g = np.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2 * 1.5 ** 2))
+  g /= g.sum()
+  f = lambda a: convolve2d(a, g, mode="valid")
+  mx, my = f(x), f(y)
+  sxx, syy, sxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+  cs = (2 * sxy + 9e-4) / (sxx + syy + 9e-4)
+  return float(np.mean((2 * mx * my + 1e-4) / (mx ** 2 + my ** 2 + 1e-4) * cs))
+
+
+def test_the_releases_ssim_as_the_evaluators_compute_it():
+  from cardionets_jax.evaluators import reconstruction
+  rng = np.random.default_rng(3)
+  x = rng.uniform(-1, 1, (2, 3, 40, 36))
+  y = np.clip(x + 0.3 * rng.normal(size=x.shape), -1, 1)
+  ssim, _, ssim_gaussian = reconstruction.scores(jnp.asarray(x), jnp.asarray(y))
+  want = [np.mean([release_ssim((a + 1) / 2, (b + 1) / 2) for a, b in zip(xs, ys)])
+          for xs, ys in zip(x, y)]
+  np.testing.assert_allclose(ssim_gaussian, want, atol=1e-5)
+  # Not the default SSIM: the window, the covariance and the value range all differ.
+  assert np.all(np.abs(np.asarray(ssim) - want) > 0.05)

@@ -153,6 +153,13 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
     assert -1 <= held[name]["ssim"]["low"] <= held[name]["ssim"]["value"] <= held[name]["ssim"]["high"] <= 1
     assert np.isfinite(held[name]["psnr"]["value"])
   assert set(held["probe_r2"]) == {"true_cine", "own_ecg", "shuffled_ecg", "no_condition"}
+  # Both SSIMs, labelled, and every subject's scores for paired analyses.
+  assert set(held["metrics"]) == {"ssim", "psnr", "ssim_gaussian11"}
+  assert len(held["per_subject_ids"]) == 6
+  for name in ("own_ecg", "shuffled_ecg", "no_condition", "vae_reconstruction"):
+    per = held["per_subject"][name]
+    assert all(len(per[m]) == 6 for m in held["metrics"])
+    assert np.mean(per["ssim_gaussian11"]) == pytest.approx(held[name]["ssim_gaussian11"]["value"])
   samples = sorted(os.listdir(workdir / "mar" / "samples"))
   assert len(samples) == 4 * 3 and any(s.endswith(".nii.gz") for s in samples)
   # The NIfTI reads back through the project's own reader as the cine it wrote.

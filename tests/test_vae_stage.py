@@ -13,6 +13,11 @@ def test_vae_stage_trains_and_reports_heldout_psnr_ssim(tokenized_workdir):
   assert results["latent_shape"] == [8, 4, 4, 4]
   assert results["heldout_test"]["psnr"] > results["heldout_initial_val"]["psnr"]
   assert results["heldout_test"]["split"] == "test" and results["heldout_initial_val"]["split"] == "val"
+  # Both SSIMs, each labelled with how it is computed.
+  held = results["heldout_test"]
+  assert -1 <= held["ssim_gaussian11"] <= 1 and -1 <= held["ssim"] <= 1
+  assert held["ssim_gaussian11"] != held["ssim"]
+  assert "11 x 11 Gaussian" in held["metrics"]["ssim_gaussian11"]
   for name in ("reconstructions.png", "reconstructions.gif", "metrics.jsonl"):
     assert os.path.exists(out / name), name
   metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]

@@ -26,7 +26,7 @@ from cardionets_jax.train import state as state_lib
 from cardionets_jax.workdir import unique_names
 
 CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
-METRICS = ("ssim", "psnr")
+METRICS = reconstruction.METRICS
 
 
 class GenerationEvaluator:
@@ -111,6 +111,10 @@ class GenerationEvaluator:
       result[f"own_ecg_minus_{other}"] = {
           m: bootstrap.paired_bootstrap_diff(np.mean, (scores["own_ecg"][m],), (scores[other][m],),
                                              n_boot=n_boot) for m in METRICS}
+    # Every subject's scores, in `per_subject_ids` order: paired analyses on any subset.
+    result["per_subject"] = {name: {m: [float(v) for v in s[m]] for m in METRICS}
+                             for name, s in scores.items()}
+    result["metrics"] = reconstruction.METRIC_DEFINITIONS
     return result
 
   def phenotype_readings(self, phenotypes, cines, generated):
@@ -147,6 +151,8 @@ class GenerationEvaluator:
     truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
     result = dict(num_subjects=len(cines), split=self.split, **self.image_scores(generated, truth),
                   **self.phenotype_readings(tokens["phenotypes"], cines, generated))
+    result["per_subject_ids"] = [s.decode() if isinstance(s, bytes) else str(s)
+                                 for s in tokens["subject_id"]]
     return result, generated, truth, tokens["subject_id"]
 
 
