@@ -160,6 +160,11 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
     per = held["per_subject"][name]
     assert all(len(per[m]) == 6 for m in held["metrics"])
     assert np.mean(per["ssim_gaussian11"]) == pytest.approx(held[name]["ssim_gaussian11"]["value"])
+    assert len(per["area_ef"]) == 6
+  # The probe-free area read-out, the same way on true, reconstructed and generated cines.
+  assert set(held["area_readout"]) == {"true_cine", "own_ecg", "shuffled_ecg", "no_condition",
+                                       "vae_reconstruction"}
+  assert -1 <= held["area_readout"]["true_cine"]["ef_vs_lvef"]["value"] <= 1
   samples = sorted(os.listdir(workdir / "mar" / "samples"))
   assert len(samples) == 4 * 3 and any(s.endswith(".nii.gz") for s in samples)
   # The NIfTI reads back through the project's own reader as the cine it wrote.

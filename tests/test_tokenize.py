@@ -21,7 +21,8 @@ def test_tokenize_chain_and_round_trip(tokenized_workdir):
   tokens = Workdir(tmp_path).tokens
   meta = records.DatasetMeta.load(tokens)
   assert meta.shapes["latent_mean"] == [8, 4, 4, 4]
-  assert meta.provenance["vae"] == dict(checkpoint=f"{tmp_path}/vae/checkpoints", step=6)
+  assert meta.provenance["vae"] == dict(checkpoint=f"{tmp_path}/vae/checkpoints", step=6,
+                                        latent_norm="layer_norm")
   assert meta.provenance["align"] == dict(checkpoint=f"{tmp_path}/align/checkpoints", step=4)
   assert meta.provenance["tokenize_config"]["stage"] == "tokenize"
   cohort_meta = records.DatasetMeta.load(str(next((tmp_path / "data").iterdir())))

@@ -17,6 +17,7 @@ from cardionets_jax import evaluate
 from cardionets_jax import plots
 from cardionets_jax.data import pipeline
 from cardionets_jax.evaluators import probe
+from cardionets_jax.evaluators import areas
 from cardionets_jax.evaluators import reconstruction
 from cardionets_jax.evaluators import splits
 from cardionets_jax.models import vit
@@ -153,6 +154,12 @@ class GenerationEvaluator:
                   **self.phenotype_readings(tokens["phenotypes"], cines, generated))
     result["per_subject_ids"] = [s.decode() if isinstance(s, bytes) else str(s)
                                  for s in tokens["subject_id"]]
+    # The probe-free read-out: blood-pool areas, the same way on every kind of cine.
+    result["area_readout"], per_subject = areas.agreement(
+        dict(true_cine=cines, **generated), np.asarray(tokens["phenotypes"], np.float64),
+        list(self.meta.phenotype_names), n_boot=self.config.eval.n_boot)
+    for name, values in per_subject.items():
+      result["per_subject"].setdefault(name, {}).update({f"area_{k}": v for k, v in values.items()})
     return result, generated, truth, tokens["subject_id"]
 
 
