@@ -63,14 +63,15 @@ def test_release_vae_encodes_normalises_and_decodes_as_pytorch(outputs):
   vae = vae_stage.build_vae(config)
   params = jax.tree.map(jnp.asarray, params["vae"])
   cines = jnp.asarray(generator_weights.vae_inputs(sizes["frames"], sizes["size"]))
-  posterior = vae.apply({"params": params}, cines, method=vae.encode)
+  posterior = jax.jit(lambda p, c: vae.apply({"params": p}, c, method=vae.encode))(params, cines)
   moments = outputs["vae_moments"]
   z = moments.shape[-1] // 2
   close(posterior.mean, moments[..., :z], "posterior mean")
   close(posterior.logvar, moments[..., z:], "posterior logvar")
   latent = vae3d.latent_layer_norm(posterior.mean)
   close(latent, outputs["vae_latent"], "layer-normed latent")
-  decoded = vae.apply({"params": params}, jnp.asarray(outputs["vae_latent"]), method=vae.decode)
+  decoded = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))(
+      params, jnp.asarray(outputs["vae_latent"]))
   close(decoded, outputs["vae_decoded"], "decoded")
 
 
@@ -95,26 +96,28 @@ def test_release_mar_condition_path_and_one_denoising_step_match_pytorch(outputs
       sizes["seq_len"], sizes["token_dim"], sizes["embed_dim"]))
   b = tokens.shape[0]
   keep, valid = jnp.ones((b,), bool), jnp.ones(known.shape, bool)
+  conditions = jax.jit(model.apply)    # jitted: eager op-by-op dispatch is the slower path here
+  denoise = jax.jit(lambda v, x, t, z: model.apply(v, x, t, z, method=mar_lib.MAR.denoise))
   close(model.apply(variables, embedding, keep, method=mar_lib.MAR.condition), outputs["mar_cond"],
         "condition")
-  z = model.apply(variables, tokens, embedding, keep, known, valid)
+  z = conditions(variables, tokens, embedding, keep, known, valid)
   close(z, outputs["mar_z"], "decoder conditions z")
   rows = outputs["mar_first_unknown"].astype(int)
   zc = z[jnp.arange(b), rows]
   sched = diffusion.make_schedule(1000, 100)
   for i in (0, 37, 99):
     idx = jnp.full((b,), i)
-    head = model.apply(variables, x_t, sched.timesteps[idx], zc, method=mar_lib.MAR.denoise)
+    head = denoise(variables, x_t, sched.timesteps[idx], zc)
     close(head, outputs[f"mar_head_{i}"], f"head at step {i}")
     eps, var_values = jnp.split(head, 2, axis=-1)
     mean, log_var = diffusion.p_mean_variance(sched, eps, var_values, x_t, idx)
     close(mean, outputs[f"mar_mean_{i}"], f"p mean at step {i}", relative=True)
     close(log_var, outputs[f"mar_logvar_{i}"], f"p log-variance at step {i}")
   # Guidance: the null condition's pass on the same x, eps_null + 3 (eps_cond - eps_null).
-  z_null = model.apply(variables, tokens, embedding, jnp.zeros((b,), bool), known, valid)
+  z_null = conditions(variables, tokens, embedding, jnp.zeros((b,), bool), known, valid)
   idx = jnp.full((2 * b,), 37)
-  head = model.apply(variables, jnp.concatenate([x_t, x_t]), sched.timesteps[idx],
-                     jnp.concatenate([zc, z_null[jnp.arange(b), rows]]), method=mar_lib.MAR.denoise)
+  head = denoise(variables, jnp.concatenate([x_t, x_t]), sched.timesteps[idx],
+                 jnp.concatenate([zc, z_null[jnp.arange(b), rows]]))
   eps_c, eps_u = jnp.split(jnp.split(head, 2, axis=-1)[0], 2)
   close(eps_u + 3.0 * (eps_c - eps_u), outputs["mar_cfg_eps"], "guided noise")
 
