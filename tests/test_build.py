@@ -160,7 +160,7 @@ def test_cli_summary_and_strict_exit_codes(tmp_path):
 def test_align_trains_mae_on_the_data_it_is_given(tmp_path):
   # A new user's first command on their own cohort: align on a fresh workdir trains mae on the
   # same data (the upstream config takes the downstream run's data section), and says so.
-  from tests.conftest import run_main
+  from tests.conftest import run_in_process, stage_test_config
   d = str(tmp_path / "files")
   rows = []
   for i in range(40):
@@ -173,9 +173,11 @@ def test_align_trains_mae_on_the_data_it_is_given(tmp_path):
   out = str(tmp_path / "dataset")
   assert build.build(manifest, out, config, workers=1)["kept"] == 40
   workdir = str(tmp_path / "run")
-  result = run_main(["--config=configs/align.py:variant=test", f"--workdir={workdir}",
-                     f"--config.data.source={out}"])
-  plan = next(line for line in result.stderr.splitlines() if "Stages to run" in line)
+  align_config = stage_test_config("align")
+  align_config.data.source = out
+  run_in_process(align_config, workdir, "align")   # in-process: a child would only add start-up
+  with open(os.path.join(workdir, "logs", "align.log")) as f:
+    plan = next(line for line in f if "Stages to run" in line)
   assert "mae (align reads mae and" in plan and "the align run's data" in plan
   from cardionets_jax.train import checkpoint as ckpt_lib
   assert ckpt_lib.saved_config(os.path.join(workdir, "mae", "checkpoints")).data.source == out
