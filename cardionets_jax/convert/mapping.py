@@ -81,6 +81,13 @@ def block_rules(ours, num_heads, *, ln1, qkv, out, ln2, fc1, fc2):
           + norm(ln2, f"{ours}/ln2") + dense(fc1, f"{ours}/mlp/fc1") + dense(fc2, f"{ours}/mlp/fc2"))
 
 
+def count_indexed(state_dict, pattern):
+  r"""How many numbered modules a state_dict holds: 1 + the largest index `pattern`'s group 1
+  matches at the start of a key (0 when none does), e.g. r"encoder_blocks\.(\d+)\."."""
+  found = {int(m.group(1)) for k in state_dict if (m := re.match(pattern, k))}
+  return 1 + max(found) if found else 0
+
+
 def flatten(tree, prefix=""):
   """{"a": {"b": x}} -> {"a/b": x}."""
   out = {}

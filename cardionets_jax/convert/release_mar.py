@@ -23,8 +23,6 @@ Both keep the release's token layout, values (c, pt, ph, pw) inside a token, so 
 permuted.
 """
 
-import re
-
 from cardionets_jax.convert import mapping
 
 HEAD_DIM = 64   # timm's Block at width 768 with 12 heads (weights do not say)
@@ -33,11 +31,6 @@ KNOWN_UNUSED = [
     (r"rep_embedder\.(weight|bias)", "the representation condition: use_rep_cond is off"),
     (r"decoder_pred\.(weight|bias)", "the optional MAE loss's head: use_mae_loss is off"),
 ]
-
-
-def _count(state_dict, pattern):
-  found = {int(m.group(1)) for k in state_dict if (m := re.match(pattern, k))}
-  return 1 + max(found) if found else 0
 
 
 def sizes(state_dict, num_heads=None):
@@ -54,14 +47,14 @@ def sizes(state_dict, num_heads=None):
   head = lambda w: max(w // HEAD_DIM, 1)
   return dict(
       seq_len=seq_len, token_dim=token_dim, width=width,
-      depth=_count(state_dict, r"encoder_blocks\.(\d+)\."), num_heads=num_heads or head(width),
+      depth=mapping.count_indexed(state_dict, r"encoder_blocks\.(\d+)\."), num_heads=num_heads or head(width),
       mlp_dim=int(state_dict["encoder_blocks.0.mlp.fc1.weight"].shape[0]),
-      decoder_width=decoder_width, decoder_depth=_count(state_dict, r"decoder_blocks\.(\d+)\."),
+      decoder_width=decoder_width, decoder_depth=mapping.count_indexed(state_dict, r"decoder_blocks\.(\d+)\."),
       decoder_heads=num_heads or head(decoder_width),
       decoder_mlp_dim=int(state_dict["decoder_blocks.0.mlp.fc1.weight"].shape[0]),
       buffer_size=int(state_dict["encoder_pos_embed_learned"].shape[1]) - seq_len,
       head_width=int(state_dict["diffloss.net.input_proj.weight"].shape[0]),
-      head_depth=_count(state_dict, r"diffloss\.net\.res_blocks\.(\d+)\."),
+      head_depth=mapping.count_indexed(state_dict, r"diffloss\.net\.res_blocks\.(\d+)\."),
       embed_dim=int(state_dict["ecg_emb.0.weight"].shape[1]))
 
 

@@ -17,8 +17,6 @@ Key names (torch convs are (out, in, kt, kh, kw); ours (kt, kh, kw, in, out)):
   loss.*                                        dropped: the discriminator, logvar, LPIPS
 """
 
-import re
-
 from cardionets_jax.convert import mapping
 
 HEADS = 8   # the release's mid attention (weights do not say)
@@ -51,11 +49,6 @@ def _mid(key, path, state_dict):
   return rules + res_block(f"{key}.mid.block_2", f"{path}/mid_block2", state_dict)
 
 
-def _count(state_dict, pattern):
-  found = {int(m.group(1)) for k in state_dict if (m := re.match(pattern, k))}
-  return 1 + max(found) if found else 0
-
-
 def sizes(state_dict, num_heads=None):
   """VAE3D's sizes read from the state_dict's shapes (heads: the release's 8 unless given)."""
   need = ("encoder_3d.conv_in.weight", "decoder.conv_out.weight", "post_quant_conv.weight",
@@ -65,7 +58,7 @@ def sizes(state_dict, num_heads=None):
     raise mapping.ConvertError(f"not the release's 3D-VAE state_dict: no {', '.join(absent)} "
                                f"(it holds {sorted(state_dict)[:6]} ...)")
   base = int(state_dict["encoder_3d.conv_in.weight"].shape[0])
-  levels = _count(state_dict, r"encoder_3d\.down\.(\d+)\.")
+  levels = mapping.count_indexed(state_dict, r"encoder_3d\.down\.(\d+)\.")
   mult = tuple(int(state_dict[f"encoder_3d.down.{l}.block.0.conv1.weight"].shape[0]) // base
                for l in range(levels))
   temporal = tuple(int(state_dict[f"encoder_3d.down.{l}.downsample.conv.weight"].shape[2]) == 3
@@ -75,10 +68,10 @@ def sizes(state_dict, num_heads=None):
   if shape[1] != latent:
     raise mapping.ConvertError(f"post_quant_conv.weight {shape}: embed_dim differs from "
                                "z_channels, which VAE3D does not model")
-  decoder_blocks = (_count(state_dict, r"decoder\.up\.0\.block_1\.(\d+)\.")
-                    + _count(state_dict, r"decoder\.up\.0\.block_2\.(\d+)\."))
+  decoder_blocks = (mapping.count_indexed(state_dict, r"decoder\.up\.0\.block_1\.(\d+)\.")
+                    + mapping.count_indexed(state_dict, r"decoder\.up\.0\.block_2\.(\d+)\."))
   return dict(base_channels=base, channel_mult=mult,
-              num_res_blocks=_count(state_dict, r"encoder_3d\.down\.0\.block\.(\d+)\."),
+              num_res_blocks=mapping.count_indexed(state_dict, r"encoder_3d\.down\.0\.block\.(\d+)\."),
               decoder_res_blocks=decoder_blocks, latent_channels=latent, temporal_down=temporal,
               mid_attention_heads=num_heads or HEADS, quant_convs=True, latent_norm="layer_norm")
 
