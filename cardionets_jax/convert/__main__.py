@@ -233,15 +233,11 @@ def _write(source, stage, config, params, out, report):
 def _write_generator(workdir, config, params):
   """The sampling weights screening reads (`stages/mar.py::export_generator`'s layout); the
   channel statistics are the identity: the release models the decoder's own latent."""
-  import orbax.checkpoint as ocp
   from cardionets_jax.stages import mar
   channels = mar.token_shapes(config)[0][-1]
   frozen = dict(latent_mean=np.zeros((channels,), np.float32),
                 latent_std=np.ones((channels,), np.float32))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(workdir.artifact("mar", "generator"),
-                    dict(params=jax.tree.map(jnp.asarray, params), frozen=frozen), force=True)
-  checkpointer.wait_until_finished()
+  mar.save_generator(workdir, jax.tree.map(jnp.asarray, params), frozen)
 
 
 def parse_args(argv):

@@ -50,8 +50,7 @@ def sizes(state_dict, num_heads=None):
     raise mapping.ConvertError(f"not an ST-MEM encoder state_dict: no {', '.join(absent)} "
                                f"(it holds {sorted(state_dict)[:6]} ...)")
   width, patch_size = state_dict[tp + "to_patch_embedding.2.weight"].shape
-  blocks = re.compile(re.escape(tp) + r"block(\d+)\.")
-  depth = 1 + max(int(m.group(1)) for k in state_dict if (m := blocks.match(k)))
+  depth = mapping.count_indexed(state_dict, re.escape(tp) + r"block(\d+)\.")
   leads = sum(1 for k in state_dict if re.fullmatch(re.escape(tp) + r"lead_embeddings\.\d+", k))
   heads = num_heads or max(width // HEAD_DIM, 1)
   return dict(width=int(width), depth=depth, num_heads=int(heads),

@@ -11,7 +11,6 @@ channels; MAE's `models_vit`) -> `CmrEncoder`.
 """
 
 import math
-import re
 
 from cardionets_jax.convert import mapping
 
@@ -33,7 +32,7 @@ def sizes(state_dict, num_heads=None):
                                f"(it holds {sorted(state_dict)[:6]} ...)")
   width, channels, patch, _ = state_dict["patch_embed.proj.weight"].shape
   grid = math.isqrt(state_dict["pos_embed"].shape[1] - 1)
-  depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+  depth = mapping.count_indexed(state_dict, r"blocks\.(\d+)\.")
   return dict(width=int(width), depth=depth, num_heads=int(num_heads or max(width // HEAD_DIM, 1)),
               mlp_dim=int(state_dict["blocks.0.mlp.fc1.weight"].shape[0]), patch_size=int(patch),
               frames=int(channels), image_size=int(grid * patch))

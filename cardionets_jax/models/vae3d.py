@@ -327,9 +327,6 @@ def vae_flops(video_shape, **sizes):
     return out
 
   video = jax.ShapeDtypeStruct((1,) + tuple(video_shape), jnp.float32)
-  with nn.intercept_methods(count):
-    variables = jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v, sample=False), video)
-  counted.clear()   # init traced once; count one forward
-  with nn.intercept_methods(count):
-    jax.eval_shape(lambda p, v: model.apply(p, v, sample=False), variables, video)
+  with nn.intercept_methods(count):   # init runs the forward once: that pass is the count
+    jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v, sample=False), video)
   return int(sum(counted))

@@ -224,10 +224,15 @@ def tokens_vae(tokens_dir):
 
 def export_generator(state, workdir):
   """The sampling weights (EMA params) and the latent normalisation, for screening."""
+  save_generator(workdir, state_lib.ema_params(state), state.frozen)
+
+
+def save_generator(workdir, params, frozen):
+  """`artifacts/generator` of the mar stage: what screening generates with."""
   import orbax.checkpoint as ocp
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(workdir.artifact("mar", "generator"),
-                    dict(params=state_lib.ema_params(state), frozen=state.frozen), force=True)
+  checkpointer.save(workdir.artifact("mar", "generator"), dict(params=params, frozen=frozen),
+                    force=True)
   checkpointer.wait_until_finished()
 
 
