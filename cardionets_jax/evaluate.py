@@ -63,6 +63,26 @@ def fit_ridge_probe(train, val, alphas):
   return predict, np.array([f[0] if f else np.nan for f in fits])
 
 
+def fit_ridge_map(train, val, alphas):
+  """One multi-output ridge map from standardised features, alpha chosen on val by mean squared
+  error over all outputs (a latent, not separate phenotypes: one alpha for all).
+
+  train/val: (features (n, d), targets (n, ...)). Returns (`predict(features) -> (n, ...)`,
+  chosen alpha, {alpha: val MSE}).
+  """
+  (xtr, ytr), (xva, yva) = train, val
+  shape = np.shape(ytr)[1:]
+  mean, std = np.mean(xtr, 0), np.std(xtr, 0)
+  std = np.where(std > 0, std, 1.0)
+  standard = lambda x: (np.asarray(x, np.float64) - mean) / std
+  flat = lambda y: np.asarray(y, np.float64).reshape(len(y), -1)
+  fits = {float(a): ridge_fit(standard(xtr), flat(ytr), a) for a in alphas}
+  val_mse = {a: float(np.mean((standard(xva) @ w + b - flat(yva)) ** 2)) for a, (w, b) in fits.items()}
+  alpha = min(val_mse, key=val_mse.get)
+  w, b = fits[alpha]
+  return lambda x: (standard(x) @ w + b).reshape((-1,) + shape), alpha, val_mse
+
+
 def ridge_probe(train, val, test, alphas, names=None):
   """Linear probe: features -> each target, alpha chosen on val by R2.
 

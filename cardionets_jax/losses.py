@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def mae_loss(pred, target, mask, norm_pix=True, eps=1e-6, ddof=0):
@@ -199,3 +200,20 @@ def hinge_d_loss(logits_real, logits_fake):
 def generator_adv_loss(logits_fake):
   """The generator's adversarial loss against a hinge discriminator: -mean(logits_fake)."""
   return -jnp.mean(jnp.asarray(logits_fake, jnp.float32))
+
+
+def outlier_penalty(recon, radius=3.0):
+  """The release's penalty on pixels brighter than their frame's mean + radius * std: mean over
+  every pixel of relu(x - mean - radius * std), statistics per (B, F) frame over (H, W), std with
+  Bessel's correction (torch's default). recon (B, F, H, W); float32."""
+  x = jnp.asarray(recon, jnp.float32)
+  mean = jnp.mean(x, axis=(-2, -1), keepdims=True)
+  std = jnp.std(x, axis=(-2, -1), keepdims=True, ddof=1)
+  return jnp.mean(jax.nn.relu(x - mean - radius * std))
+
+
+def adaptive_weight(rec_grad, adv_grad, max_weight=1e4):
+  """LDM's adaptive GAN weight from the two losses' gradients at the decoder's last layer:
+  ||rec_grad|| / (||adv_grad|| + 1e-4), clamped to [0, max_weight], without gradient."""
+  ratio = optax.tree.norm(rec_grad) / (optax.tree.norm(adv_grad) + 1e-4)
+  return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, max_weight))

@@ -29,14 +29,34 @@ MODELS = {
 }
 
 
+# Loss presets (`configs/vae.py:loss=NAME`). "release": the authors' LPIPSWithDiscriminator
+# without its LPIPS term: the GAN weight adaptive (the L1 / GAN gradient-norm ratio at the decoder's
+# last layer, times adv_weight), the outlier penalty, the 3-D pix2pix discriminator (kernel 4,
+# BatchNorm) with its own Adam at a tenth of the LR, betas (0.5, 0.9). "ours": a fixed GAN weight,
+# no penalty, a 3x3x3 GroupNorm discriminator under the VAE's optimizer.
+LOSSES = {
+    "release": dict(adv_weighting="adaptive", outlier_weight=1.0, disc_style="release",
+                    disc_lr_scale=0.1, disc_betas=(0.5, 0.9)),
+    "ours": dict(adv_weighting="fixed", outlier_weight=0.0, disc_style="groupnorm",
+                 disc_lr_scale=1.0, disc_betas=()),
+}
+
+
 def get_config(arg=None):
-  arg = common.parse_arg(arg, variant="tiny")
+  arg = common.parse_arg(arg, variant="tiny", loss="release")
+  if arg.loss not in LOSSES:
+    raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {arg.loss!r}")
   config = common.base_config("vae", arg.variant)
   config.model = ml_collections.ConfigDict(MODELS[arg.variant])
   config.vae = ml_collections.ConfigDict(dict(
       kl_weight=1e-6,
       adv_weight=0.05,         # hinge GAN term from a 3D patch discriminator ...
       adv_start=10_001,        # ... switched on at this step (docs/method.md, Stage 3)
+      loss_preset=arg.loss,
+      **LOSSES[arg.loss],      # adv_weighting ("adaptive" | "fixed"), outlier_weight,
+                               # disc_style ("release" | "groupnorm"), disc_lr_scale,
+                               # disc_betas (() = the VAE's)
+      outlier_radius=3.0,      # the penalty's pixels: brighter than frame mean + radius * std
       disc_channels=64,
       disc_layers=3,
       # A perceptual (LPIPS-style) term needs pretrained weights this project cannot ship;

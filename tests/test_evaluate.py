@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn import linear_model
 from sklearn import metrics
+from sklearn import preprocessing
 
 from cardionets_jax import evaluate
 
@@ -29,6 +30,27 @@ def test_ridge_matches_sklearn(alpha):
   ref = linear_model.Ridge(alpha=alpha).fit(x, y)
   np.testing.assert_allclose(w, ref.coef_, rtol=1e-8, atol=1e-10)
   assert b == pytest.approx(ref.intercept_, rel=1e-8)
+
+
+def test_ridge_map_equals_sklearn_at_the_alpha_with_least_val_error():
+  rng = np.random.default_rng(5)
+  mixing = rng.normal(size=(8, 3 * 4))
+  def split(n):
+    x = rng.normal(size=(n, 8)) * np.arange(1, 9) + 1.0
+    return x, (x @ mixing + 3.0 * rng.normal(size=(n, 12))).reshape(n, 3, 4)
+  (xtr, ytr), val, (xte, _) = split(60), split(40), split(10)
+  alphas = (0.01, 10.0, 1e5)
+  predict, alpha, val_mse = evaluate.fit_ridge_map((xtr, ytr), val, alphas)
+  scaler = preprocessing.StandardScaler().fit(xtr)
+  refs = {a: linear_model.Ridge(alpha=a).fit(scaler.transform(xtr), ytr.reshape(60, -1))
+          for a in alphas}
+  ref_mse = {a: metrics.mean_squared_error(val[1].reshape(40, -1),
+                                           r.predict(scaler.transform(val[0])))
+             for a, r in refs.items()}
+  np.testing.assert_allclose([val_mse[a] for a in alphas], [ref_mse[a] for a in alphas], rtol=1e-8)
+  assert alpha == min(ref_mse, key=ref_mse.get) != 1e5   # a huge alpha predicts the mean only
+  np.testing.assert_allclose(predict(xte), refs[alpha].predict(scaler.transform(xte)).reshape(10, 3, 4),
+                             rtol=1e-7, atol=1e-9)
 
 
 def test_ridge_probe_recovers_linear_targets_and_skips_missing():

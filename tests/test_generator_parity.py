@@ -57,11 +57,11 @@ def close(got, want, name, relative=False):
 
 def test_release_vae_encodes_normalises_and_decodes_as_pytorch(outputs):
   sizes, state_dict = golden("vae")
-  _, config, params, report = convert.convert_state("release_vae", state_dict,
-                                                    num_heads=sizes["heads"])
+  _, config, params_all, report = convert.convert_state("release_vae", state_dict,
+                                                        num_heads=sizes["heads"])
   assert not report["missing"] and not report["errors"]
   vae = vae_stage.build_vae(config)
-  params = jax.tree.map(jnp.asarray, params["vae"])
+  params = jax.tree.map(jnp.asarray, params_all["vae"])
   cines = jnp.asarray(generator_weights.vae_inputs(sizes["frames"], sizes["size"]))
   posterior = jax.jit(lambda p, c: vae.apply({"params": p}, c, method=vae.encode))(params, cines)
   moments = outputs["vae_moments"]
@@ -73,6 +73,13 @@ def test_release_vae_encodes_normalises_and_decodes_as_pytorch(outputs):
   decoded = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))(
       params, jnp.asarray(outputs["vae_latent"]))
   close(decoded, outputs["vae_decoded"], "decoded")
+  # The discriminator, converted with it, as it runs in training (batch statistics).
+  assert (config.vae.disc_channels, config.vae.disc_layers) == (sizes["disc_ch"], sizes["disc_layers"])
+  disc = vae_stage.build_discriminator(config)
+  disc_in = jnp.asarray(generator_weights.vae_inputs(8, 48, seed=3))
+  logits = jax.jit(lambda p, c: disc.apply({"params": p}, c))(
+      jax.tree.map(jnp.asarray, params_all["disc"]), disc_in)
+  close(logits, outputs["vae_disc_logits"], "discriminator logits")
 
 
 def _mar(state_dict, sizes):
@@ -139,8 +146,9 @@ def test_every_key_is_mapped_and_a_wrong_file_is_refused_by_key(name, source):
     convert.convert_state(source, extra, num_heads=sizes["heads"])
 
 
-@pytest.mark.parametrize("name,source,held", [("vae", "release_vae", 277_734_097),
-                                              ("mar", "release_mar", 193_187_456)])
+@pytest.mark.parametrize("name,source,held", [
+    ("vae", "release_vae", dict(vae=277_734_097, disc=4_208_449)),
+    ("mar", "release_mar", 193_187_456)])
 def test_base_size_layouts_map_every_key(name, source, held):
   # The key/shape manifests of the release's sizes, as the golden script writes them with
   # --size=base. Zero-stride arrays of those shapes: only the layout is under test.
@@ -150,6 +158,8 @@ def test_base_size_layouts_map_every_key(name, source, held):
   _, config, params, report = convert.convert_state(source, state_dict)
   assert not report["missing"] and not report["errors"]
   assert len(report["mapped"]) + len(report["unused"]) == len(state_dict)
-  assert sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params)) == held
+  count = lambda tree: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))
+  assert ({k: count(v) for k, v in params.items()} if isinstance(held, dict) else count(params)) == held
   if name == "vae":
     assert dict(config.model) == dict(context_lib.stage_config("vae", "base").model)
+    assert dict(config.vae) == dict(context_lib.stage_config("vae", "base").vae)

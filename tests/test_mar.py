@@ -149,21 +149,27 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
     results = json.load(f)
   held = results["heldout_test"]
   assert held["num_subjects"] == 6
-  for name in ("own_ecg", "shuffled_ecg", "no_condition", "vae_reconstruction"):
+  sources = ("own_ecg", "shuffled_ecg", "no_condition", "ecg_ridge", "vae_reconstruction")
+  for name in sources:
     assert -1 <= held[name]["ssim"]["low"] <= held[name]["ssim"]["value"] <= held[name]["ssim"]["high"] <= 1
     assert np.isfinite(held[name]["psnr"]["value"])
-  assert set(held["probe_r2"]) == {"true_cine", "own_ecg", "shuffled_ecg", "no_condition"}
+  assert set(held["probe_r2"]) == {"true_cine", "own_ecg", "shuffled_ecg", "no_condition",
+                                   "ecg_ridge"}
+  # The deterministic baseline: ridge on the training tokens, alpha chosen on val.
+  ridge = held["ecg_ridge_fit"]
+  assert (ridge["fit_split"], ridge["select_split"]) == ("train", "val") and ridge["num_fit"] > 6
+  assert ridge["val_latent_mse"][str(ridge["alpha"])] == min(ridge["val_latent_mse"].values())
+  assert "own_ecg_minus_ecg_ridge" in held
   # Both SSIMs, labelled, and every subject's scores for paired analyses.
   assert set(held["metrics"]) == {"ssim", "psnr", "ssim_gaussian11"}
   assert len(held["per_subject_ids"]) == 6
-  for name in ("own_ecg", "shuffled_ecg", "no_condition", "vae_reconstruction"):
+  for name in sources:
     per = held["per_subject"][name]
     assert all(len(per[m]) == 6 for m in held["metrics"])
     assert np.mean(per["ssim_gaussian11"]) == pytest.approx(held[name]["ssim_gaussian11"]["value"])
     assert len(per["area_ef"]) == 6
   # The probe-free area read-out, the same way on true, reconstructed and generated cines.
-  assert set(held["area_readout"]) == {"true_cine", "own_ecg", "shuffled_ecg", "no_condition",
-                                       "vae_reconstruction"}
+  assert set(held["area_readout"]) == {"true_cine"} | set(sources)
   assert -1 <= held["area_readout"]["true_cine"]["ef_vs_lvef"]["value"] <= 1
   samples = sorted(os.listdir(workdir / "mar" / "samples"))
   assert len(samples) == 4 * 3 and any(s.endswith(".nii.gz") for s in samples)

@@ -103,7 +103,16 @@ def _vae_plan(state_dict, num_heads):
   config.model.update(s)
   video = jnp.zeros((1,) + vae.cmr_shape(config), jnp.uint8)
   target = _prefixed("vae", abstract_params(vae.build_vae(config), video, False))
-  return "vae", config, target, release_vae.rules(state_dict, s), release_vae.KNOWN_UNUSED
+  rules = release_vae.rules(state_dict, s)
+  disc = release_vae.disc_sizes(state_dict)
+  if disc:   # the release's discriminator, so that VAE training can resume from the file
+    config.vae.update(disc)   # base's loss preset is the release's: its discriminator style
+    target.update(_prefixed("disc", abstract_params(vae.build_discriminator(config),
+                                                    jnp.zeros((1, 8, 48, 48)))))
+    rules += release_vae.disc_rules(disc["disc_layers"])
+  else:
+    config.vae.adv_weight = 0.0
+  return "vae", config, target, rules, release_vae.KNOWN_UNUSED
 
 
 def _mar_plan(state_dict, num_heads):

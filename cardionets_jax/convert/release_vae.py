@@ -14,15 +14,24 @@ Key names (torch convs are (out, in, kt, kh, kw); ours (kt, kh, kw, in, out)):
   decoder.conv_in                               -> decoder/conv_in
   decoder.up.{l}.block_1.{j}, block_2.{j}       -> decoder/up{l}_block{j}, up{l}_block{n + j}
   decoder.up.{l}.upsample.conv                  -> decoder/up{l}_upsample/conv
-  loss.*                                        dropped: the discriminator, logvar, LPIPS
+  loss.discriminator.main.{0, 3n - 1, 3L + 2}   -> disc/{conv0, conv{n}, conv_out} (n = 1..L)
+  loss.discriminator.main.{3n}                  -> disc/norm{n} (BatchNorm weight, bias)
+  loss.logvar, loss.perceptual_loss.*, BatchNorm running statistics: dropped, with reasons
+
+The discriminator is nn.Sequential: conv, LeakyReLU, then (conv, BatchNorm, LeakyReLU) L times,
+then the output conv, so its convs sit at indices 0, 2, 5, ..., 3L - 1 and 3L + 2.
 """
+
+import re
 
 from cardionets_jax.convert import mapping
 
 HEADS = 8   # the release's mid attention (weights do not say)
+DISCRIMINATOR = "loss.discriminator.main"
 KNOWN_UNUSED = [
-    (r"loss\.discriminator\..*", "the release's k=4 BatchNorm discriminator: only VAE training "
-     "reads it, and this project's discriminator is another (configs/vae.py)"),
+    (r"loss\.discriminator\.main\.\d+\.(running_mean|running_var|num_batches_tracked)",
+     "BatchNorm running statistics: the discriminator only runs in training, where it normalises "
+     "with batch statistics (models/discriminator.py::BatchStatNorm)"),
     (r"loss\.logvar", "the loss's fixed log-variance (0): not a model weight"),
     (r"loss\.perceptual_loss\..*", "LPIPS: a frozen VGG16 of the loss, not a model weight"),
 ]
@@ -102,3 +111,22 @@ def rules(state_dict, s, prefix="vae"):
       out += conv(f"decoder.up.{level}.upsample.conv", f"{p}/decoder/up{level}_upsample/conv")
   out += mapping.norm("decoder.norm_out", f"{p}/decoder/norm_out")
   return out + conv("decoder.conv_out", f"{p}/decoder/conv_out")
+
+
+def disc_sizes(state_dict):
+  """The discriminator's {disc_channels, disc_layers}, or {} when the file holds none."""
+  if f"{DISCRIMINATOR}.0.weight" not in state_dict:
+    return {}
+  modules = mapping.count_indexed(state_dict, re.escape(DISCRIMINATOR) + r"\.(\d+)\.")
+  return dict(disc_channels=int(state_dict[f"{DISCRIMINATOR}.0.weight"].shape[0]),
+              disc_layers=modules // 3 - 1)
+
+
+def disc_rules(layers, prefix="disc"):
+  """The discriminator's convs and BatchNorm affines (`disc_sizes`' disc_layers = L)."""
+  d = DISCRIMINATOR
+  out = conv(f"{d}.0", f"{prefix}/conv0")
+  for n in range(1, layers + 1):
+    out.append(conv(f"{d}.{3 * n - 1}", f"{prefix}/conv{n}")[0])   # no bias before a norm
+    out += mapping.norm(f"{d}.{3 * n}", f"{prefix}/norm{n}")
+  return out + conv(f"{d}.{3 * layers + 2}", f"{prefix}/conv_out")

@@ -4,6 +4,10 @@ Held-out subjects' cines are generated from their own ECG, a shuffled ECG and no
 the EMA weights, decoded with the VAE the tokens were made with, and scored against the true
 cines (SSIM, PSNR, bootstrap CIs, paired differences); a ridge probe fitted on the mae encoder's
 features of true cines reads the phenotypes off the generated ones.
+
+Beside them, the baseline any generator must beat on matching the patient: a deterministic ridge
+map from the ECG embedding to the latent the decoder reads (`ecg_ridge`), fitted on the training
+tokens, decoded by the same VAE and scored the same way.
 """
 
 import os
@@ -20,6 +24,7 @@ from cardionets_jax.evaluators import probe
 from cardionets_jax.evaluators import areas
 from cardionets_jax.evaluators import reconstruction
 from cardionets_jax.evaluators import splits
+from cardionets_jax.models import vae3d
 from cardionets_jax.models import vit
 from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.train import metrics as metrics_lib
@@ -27,7 +32,9 @@ from cardionets_jax.train import state as state_lib
 from cardionets_jax.workdir import unique_names
 
 CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
+BASELINES = ("ecg_ridge",)
 METRICS = reconstruction.METRICS
+RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
 class GenerationEvaluator:
@@ -51,6 +58,37 @@ class GenerationEvaluator:
     self._reconstruct = reconstruction.reconstructor(vae)
     self._generate = build_generate(vae)
     self._scores = jax.jit(reconstruction.scores)
+    self._latent_norm = vae.latent_norm
+    self._decode = jax.jit(lambda p, z: jnp.clip(
+        vae.apply({"params": p}, self.decoder_space(z), method=vae.decode), -1.0, 1.0))
+
+  def decoder_space(self, latent):
+    """A latent as the VAE decoder reads it (layer-normed for the release's VAE)."""
+    return vae3d.latent_layer_norm(latent) if self._latent_norm == "layer_norm" else latent
+
+  def ridge_baseline(self, embeddings):
+    """Cines decoded from a ridge map of each ECG embedding to the decoder-space latent: fitted on
+    the training tokens (at most probe.TRAIN_LIMIT), alpha chosen on validation by latent MSE."""
+    roles = splits.roles(self.meta, self.config.data)
+
+    def examples(split, limit=None):
+      x, y = [], []
+      for batch, valid in pipeline.eval_batches(self.tokens_dir, split,
+                                                ("ecg_embedding", "latent_mean"), 64, limit):
+        x.append(batch["ecg_embedding"][:valid])
+        y.append(np.asarray(self.decoder_space(jnp.asarray(batch["latent_mean"][:valid]))))
+      return np.concatenate(x), np.concatenate(y)
+
+    fit, select = examples(roles["fit"], probe.TRAIN_LIMIT), examples(roles["select"])
+    predict, alpha, val_mse = evaluate.fit_ridge_map(fit, select, RIDGE_ALPHAS)
+    latents = predict(embeddings).astype(np.float32)
+    batch, n = self.config.eval.batch_size, len(latents)
+    padded = np.concatenate([latents, np.repeat(latents[-1:], -n % batch, 0)])  # one compile
+    cines = [np.asarray(self._decode(self.vae_params, jnp.asarray(padded[i:i + batch])))
+             for i in range(0, n, batch)]
+    return np.concatenate(cines)[:n], dict(
+        alpha=alpha, val_latent_mse={str(a): v for a, v in val_mse.items()},
+        fit_split=roles["fit"], num_fit=len(fit[0]), select_split=roles["select"])
 
   def heldout(self):
     """The first eval.num_subjects held-out subjects: tokens and their true cines."""
@@ -108,7 +146,7 @@ class GenerationEvaluator:
               for name, cine in generated.items()}
     result = {name: {m: bootstrap.bootstrap_ci(np.mean, (s[m],), n_boot=n_boot) for m in METRICS}
               for name, s in scores.items()}
-    for other in ("shuffled_ecg", "no_condition"):
+    for other in ("shuffled_ecg", "no_condition") + BASELINES:
       result[f"own_ecg_minus_{other}"] = {
           m: bootstrap.paired_bootstrap_diff(np.mean, (scores["own_ecg"][m],), (scores[other][m],),
                                              n_boot=n_boot) for m in METRICS}
@@ -133,7 +171,8 @@ class GenerationEvaluator:
     predict = probe.fitted_probe(data, self.probe_alphas)
     read = lambda uint8_cines: predict(np.asarray(self._features(self.encoder_params,
                                                                  jnp.asarray(uint8_cines))))
-    readings = dict(true_cine=read(cines), **{k: read(plots.to_uint8(generated[k])) for k in CONDITIONS})
+    readings = dict(true_cine=read(cines), **{k: read(plots.to_uint8(generated[k]))
+                                              for k in CONDITIONS + BASELINES})
     names = self.meta.phenotype_names
     r2 = lambda y, p: (evaluate.r2_score(y[~np.isnan(y)], p[~np.isnan(y)])
                        if np.sum(~np.isnan(y)) > 1 else float("nan"))
@@ -142,16 +181,18 @@ class GenerationEvaluator:
                   for src, p in readings.items()},
         probe_r2_vs_true_cine_reading={
             k: {n: r2(readings["true_cine"][:, j], readings[k][:, j]) for j, n in enumerate(names)}
-            for k in CONDITIONS},
+            for k in CONDITIONS + BASELINES},
         probe_splits=dict(fit=roles["fit"], select=roles["select"]))
 
   def evaluate(self, state, seed=0):
     """(results dict, generated cines, true cines in [-1, 1], subject ids)."""
     tokens, cines = self.heldout()
     generated = self.generate_all(state, tokens["ecg_embedding"], cines, seed)
+    generated["ecg_ridge"], ridge = self.ridge_baseline(tokens["ecg_embedding"])
     truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
     result = dict(num_subjects=len(cines), split=self.split, **self.image_scores(generated, truth),
                   **self.phenotype_readings(tokens["phenotypes"], cines, generated))
+    result["ecg_ridge_fit"] = ridge
     result["per_subject_ids"] = [s.decode() if isinstance(s, bytes) else str(s)
                                  for s in tokens["subject_id"]]
     # The probe-free read-out: blood-pool areas, the same way on every kind of cine.
@@ -173,7 +214,9 @@ def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
     plots.write_nifti(os.path.join(out_dir, f"{name}.nii.gz"), generated["own_ecg"][i])
     plots.write_gif(os.path.join(out_dir, f"{name}.gif"),
                     np.concatenate([truth[i], generated["own_ecg"][i]], axis=2))
-    rows = [("true", truth[i])] + [(k.replace("_", " "), generated[k][i]) for k in CONDITIONS]
+    rows = [("true", truth[i])] + [(k.replace("_", " "), generated[k][i])
+                                   for k in CONDITIONS + BASELINES if k in generated]
     plots.frame_grid(os.path.join(out_dir, f"{name}.png"), rows,
-                     f"{name}: true cine and cines generated from its ECG, another ECG, none",
+                     f"{name}: true cine; generated from its ECG, another ECG, none; the ECG "
+                     "ridge baseline",
                      num_frames=num_frames, cell=1.3, dpi=100)

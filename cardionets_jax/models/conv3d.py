@@ -92,12 +92,14 @@ class Conv3D(nn.Module):
   impl: str = "auto"
   dtype: Dtype = jnp.float32
   padding: Any = None
+  kernel_init: Any = None          # default: LeCun normal
 
   @nn.compact
   def __call__(self, x):
     shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
     axes = ("conv_t", "conv_h", "conv_w", "conv_in", self.out_axis)
-    kernel_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+    kernel_init = nn.with_logical_partitioning(self.kernel_init or nn.initializers.lecun_normal(),
+                                               axes)
     kernel = self.param("kernel", kernel_init, shape, jnp.float32)
     y = conv3d_apply(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding,
                      impl=self.impl)
@@ -109,9 +111,9 @@ class Conv3D(nn.Module):
 
 
 def conv3d(features, kernel=3, strides=1, *, dtype, name, out_axis="mlp", use_bias=True,
-           impl="auto", padding=None):
+           impl="auto", padding=None, kernel_init=None):
   return Conv3D(features, _triple(kernel), _triple(strides), use_bias, out_axis, impl, dtype,
-                padding, name=name)
+                padding, kernel_init, name=name)
 
 
 def conv(module, features, kernel=3, strides=1, *, name, **kw):

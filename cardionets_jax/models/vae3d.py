@@ -234,6 +234,7 @@ class Decoder3D(ConvBlock):
         h = Upsample3D(temporal=bool(self.temporal_down[level - 1]), dtype=self.dtype,
                        conv_impl=self.conv_impl, name=f"up{level}_upsample")(h)
     h = nn.swish(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
+    self.sow("intermediates", "last_layer_input", h)  # the adaptive GAN weight's gradients
     out = conv(self, 1, name="conv_out", out_axis="conv_out")(h)
     return out[..., 0].astype(jnp.float32)
 

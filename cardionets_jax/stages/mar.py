@@ -260,7 +260,7 @@ def run(config, context):
   if jax.process_index() == 0:
     generation.write_samples(workdir.samples("mar"), ids, generated, truth)
   common.write_results(workdir, "mar", results)
-  for name in generation.CONDITIONS + ("vae_reconstruction",):
+  for name in generation.CONDITIONS + generation.BASELINES + ("vae_reconstruction",):
     r = result[name]
     metrics_lib.log("%-18s SSIM %.4f (%.4f-%.4f)  PSNR %.2f dB (%.2f-%.2f)", name, r["ssim"]["value"],
                     r["ssim"]["low"], r["ssim"]["high"], r["psnr"]["value"], r["psnr"]["low"],
@@ -268,7 +268,7 @@ def run(config, context):
   for source, r in result["area_readout"].items():
     metrics_lib.log("area read-out, %-18s Pearson r: EF proxy vs LVEF %.3f, ED area vs LVEDV %.3f",
                     source, r["ef_vs_lvef"]["value"], r["ed_area_vs_lvedv"]["value"])
-  for other in ("shuffled_ecg", "no_condition"):
+  for other in ("shuffled_ecg", "no_condition") + generation.BASELINES:
     d = result[f"own_ecg_minus_{other}"]["ssim"]
     metrics_lib.log("SSIM own ECG - %s: %.4f (95%% CI %.4f-%.4f)", other, d["value"], d["low"], d["high"])
   return results

@@ -1,13 +1,16 @@
 """Stage 3: the 3D KL-VAE that compresses a cine into the latent the generator models.
 
-Loss: L1 + KL (small weight) + a hinge adversarial term from a 3D patch
-discriminator, switched on at `vae.adv_start`. The discriminator trains in
-the same step under the same optimizer: stop-gradients keep each term to its
-own network. Hands on `params/vae` through its Orbax checkpoint.
+Loss: L1 + KL (small weight) + the release's outlier penalty + a hinge adversarial term from a
+3D patch discriminator, switched on at `vae.adv_start`, its weight adaptive (LDM's: the ratio of
+the L1 and GAN gradient norms at the decoder's last layer) or fixed (`vae.adv_weighting`). The
+discriminator trains in the same step, with its own AdamW (`vae.disc_lr_scale`,
+`vae.disc_betas`): stop-gradients keep each term to its own network. Hands on `params/vae` (and
+`params/disc`) through its Orbax checkpoint.
 """
 
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +20,7 @@ from cardionets_jax import plots
 from cardionets_jax.data import pipeline
 from cardionets_jax.evaluators import reconstruction
 from cardionets_jax.evaluators import splits
+from cardionets_jax.models import conv3d
 from cardionets_jax.models import discriminator
 from cardionets_jax.models import vae3d
 from cardionets_jax.models import vit
@@ -40,9 +44,31 @@ def model_sizes(config):
 
 
 def build_discriminator(config):
-  return discriminator.PatchDiscriminator3D(channels=config.vae.disc_channels,
-                                            num_layers=config.vae.disc_layers,
+  v = config.vae
+  return discriminator.PatchDiscriminator3D(channels=v.disc_channels, num_layers=v.disc_layers,
+                                            style=v.disc_style,
                                             dtype=jnp.dtype(config.train.compute_dtype))
+
+
+ADV_WEIGHTINGS = ("adaptive", "fixed")
+
+
+def last_layer_grad(vae_params, last_input, recon_grad):
+  """A loss's gradient at the decoder's last conv kernel, from its gradient at the reconstruction
+  (B, F, H, W) and that conv's input (sown by the decoder): the conv's vjp, nothing re-run."""
+  kernel = nn.unbox(vae_params["decoder"]["conv_out"]["kernel"])
+  _, vjp = jax.vjp(lambda k: conv3d.conv3d_apply(last_input, k.astype(last_input.dtype)), kernel)
+  return vjp(recon_grad[..., None].astype(last_input.dtype))[0]
+
+
+def optimizer_groups(config):
+  """The discriminator's own AdamW (the release: a tenth of the LR, betas (0.5, 0.9)); None when
+  it would equal the VAE's."""
+  v, t = config.vae, config.train
+  betas = tuple(v.disc_betas) or (t.b1, t.b2)
+  if v.adv_weight <= 0 or (v.disc_lr_scale == 1.0 and betas == (t.b1, t.b2)):
+    return None
+  return {"disc": dict(lr_scale=v.disc_lr_scale, b1=betas[0], b2=betas[1])}
 
 
 def train_flops_per_example(config):
@@ -94,22 +120,37 @@ def make_task(config):
     crop_rng, rng = jax.random.split(rng)
     video = random_crop(batch["cmr"], v.train_crop, crop_rng)
     target = vit.cmr_to_float(video)
-    recon, posterior = vae.apply({"params": params["vae"]}, video, rngs={"sample": rng})
+    (recon, posterior), sown = vae.apply({"params": params["vae"]}, video, rngs={"sample": rng},
+                                         mutable=["intermediates"])
     loss, metrics = losses.vae_loss(recon, target, posterior.mean, posterior.logvar, v.kl_weight)
     if v.perceptual_weight > 0:
       loss = loss + v.perceptual_weight * perceptual_loss(recon, target)
+    if v.outlier_weight > 0:
+      penalty = losses.outlier_penalty(recon, v.outlier_radius)
+      loss, metrics = loss + v.outlier_weight * penalty, dict(metrics, outlier_penalty=penalty)
     if v.adv_weight > 0:
       on = (step >= v.adv_start).astype(jnp.float32)
-      fake_for_g = disc.apply({"params": jax.lax.stop_gradient(params["disc"])}, recon)
-      g_loss = losses.generator_adv_loss(fake_for_g)
-      d_loss = losses.hinge_d_loss(disc.apply({"params": params["disc"]}, target),
-                                   disc.apply({"params": params["disc"]}, jax.lax.stop_gradient(recon)))
-      loss = loss + on * (v.adv_weight * g_loss + d_loss)
-      metrics = dict(metrics, g_loss=g_loss, d_loss=d_loss)
+      score = lambda x, p=params["disc"]: disc.apply({"params": p}, x)
+      adv_loss = lambda r: losses.generator_adv_loss(score(r, jax.lax.stop_gradient(params["disc"])))
+      g_loss = adv_loss(recon)
+      weight = jnp.float32(v.adv_weight)
+      if v.adv_weighting == "adaptive":
+        last_input = sown["intermediates"]["decoder"]["last_layer_input"][0]
+        at_last = lambda f: last_layer_grad(params["vae"], jax.lax.stop_gradient(last_input),
+                                            jax.grad(f)(jax.lax.stop_gradient(recon)))
+        weight = weight * losses.adaptive_weight(at_last(lambda r: jnp.mean(jnp.abs(r - target))),
+                                                 at_last(adv_loss))
+      elif v.adv_weighting != "fixed":
+        raise ValueError(f"vae.adv_weighting must be one of {ADV_WEIGHTINGS}, got "
+                         f"{v.adv_weighting!r}")
+      d_loss = losses.hinge_d_loss(score(target), score(jax.lax.stop_gradient(recon)))
+      loss = loss + on * (weight * g_loss + d_loss)
+      metrics = dict(metrics, g_loss=g_loss, d_loss=d_loss, adv_weight=weight)
     return loss, metrics
 
   return vae, loop.Task(init_params=init_params, loss_fn=loss_fn,
-                        spec={"cmr": (cmr_shape(config), jnp.uint8)})
+                        spec={"cmr": (cmr_shape(config), jnp.uint8)},
+                        optimizer_groups=optimizer_groups(config))
 
 
 def latent_shape(config):

@@ -33,6 +33,8 @@ class Task:
   load_frozen: Optional[Callable] = None
   load_params: Optional[Callable] = None
   lr_scales: Optional[Callable] = None    # params -> tree of per-leaf LR factors (layer decay)
+  # {top-level params key: dict(lr_scale=, b1=, b2=)}: those params get an AdamW of their own.
+  optimizer_groups: Optional[dict] = None
   subset: tuple = (1.0, 0)                # (fraction, seed) of training subjects used
 
   @property

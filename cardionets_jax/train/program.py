@@ -55,7 +55,8 @@ def build(config, task, mesh=None):
   device, shaped by `config.mesh`)."""
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.axis_rules(config.mesh)
-  tx, schedule = state_lib.make_optimizer(config.train, task.lr_scales)
+  tx, schedule = state_lib.make_optimizer(config.train, task.lr_scales,
+                                              task.optimizer_groups)
   abstract, shardings, build_fn = state_lib.abstract_state(task.init_params, tx, config.seed, mesh,
                                                            rules, task.init_frozen)
   batch_shardings = {k: mesh_lib.batch_sharding(mesh, rules, len(shape) + 1)

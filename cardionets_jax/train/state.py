@@ -75,19 +75,30 @@ def ema_params(state):
   return found[0].ema if found else state.params
 
 
-def make_optimizer(train_config, lr_scales=None):
+def make_optimizer(train_config, lr_scales=None, groups=None):
   """AdamW on a warm-up + cosine schedule; no decay on biases, norms, embeddings' 1-D params.
 
   `lr_scales(params)` may give a per-leaf factor on the step (layer-wise decay);
-  `train_config.ema_decay > 0` keeps an EMA of the params (`ema_params`).
+  `groups` {top-level params key: dict(lr_scale=, b1=, b2=)} gives those params an AdamW of
+  their own (a GAN discriminator's); `train_config.ema_decay > 0` keeps an EMA of the params
+  (`ema_params`).
   """
   schedule = make_schedule(train_config)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+
+  def adamw(lr_scale=1.0, b1=train_config.b1, b2=train_config.b2):
+    lr = schedule if lr_scale == 1.0 else (lambda step: lr_scale * schedule(step))
+    return optax.adamw(lr, b1=b1, b2=b2, weight_decay=train_config.weight_decay, mask=decay_mask)
+
   parts = []
   if train_config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=train_config.b1, b2=train_config.b2,
-                           weight_decay=train_config.weight_decay, mask=decay_mask))
+  if groups:
+    labels = lambda params: {k: k if k in groups else "default" for k in params}
+    transforms = {k: adamw(**g) for k, g in groups.items()}
+    parts.append(optax.multi_transform(dict(transforms, default=adamw()), labels))
+  else:
+    parts.append(adamw())
   if lr_scales is not None:
     parts.append(scale_by_tree(lr_scales))
   if train_config.get("ema_decay", 0.0):

@@ -21,7 +21,8 @@ def weight(key, shape, seed=0):
     return (1.0 + 0.1 * rng.normal(size=shape)).astype(np.float32)
   if key.endswith(".bias"):
     return (0.1 * rng.normal(size=shape)).astype(np.float32)
-  return (0.5 * rng.normal(size=shape)).astype(np.float32)   # embeddings, null condition
+  # embeddings, the null condition, BatchNorm running statistics, scalars
+  return np.asarray(0.5 * rng.normal(size=shape), np.float32)
 
 
 def state_dict(manifest, seed=0):

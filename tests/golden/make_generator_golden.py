@@ -11,7 +11,8 @@ them with `generator_weights` (seeded numpy arrays) and writes the key/shape man
 (`release_{vae,mar}_keys_<size>.json`) and the outputs (`generator_<size>.npz`):
 
   VAE: the posterior moments (after quant_conv) of seeded cines, the layer-normed latent of the
-       posterior mean, its decoding;
+       posterior mean, its decoding; the discriminator's logits in training mode (BatchNorm on
+       the batch's statistics) on seeded (8, 48, 48) cines;
   MAR: the condition (ecg_emb), the decoder's per-token conditions z for seeded known tokens,
        the diffusion head's (noise, variance) output at three timesteps, the guided (cfg 3) noise,
        and p(x_{t-1} | x_t)'s mean and log-variance on the 100-step respaced schedule.
@@ -36,11 +37,11 @@ import generator_weights   # beside this script
 
 SIZES = {
     "reduced": dict(vae=dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z=4, heads=8,
-                             frames=4, size=16),
+                             frames=4, size=16, disc_ch=8, disc_layers=3),
                     mar=dict(width=32, depth=2, heads=2, buffer=4, seq_len=12, token_dim=16,
                              embed_dim=8, head_width=48, head_depth=2)),
     "base": dict(vae=dict(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, z=16, heads=8,
-                          frames=4, size=16),
+                          frames=4, size=16, disc_ch=64, disc_layers=3),
                  mar=dict(width=768, depth=12, heads=12, buffer=64, seq_len=180, token_dim=320,
                           embed_dim=256, head_width=1024, head_depth=3)),
 }
@@ -171,12 +172,45 @@ class Decoder(nn.Module):
     return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class Discriminator(nn.Module):
+  def __init__(self, ndf, layers):
+    super().__init__()
+    self.main = discriminator_layers(ndf, layers)
+
+  def forward(self, x):
+    return self.main(x)
+
+
+def discriminator_layers(ndf, layers):
+  """The release's NLayerDiscriminator3D (no blur pool, BatchNorm, LeakyReLU 0.2)."""
+  seq, mult = [nn.Conv3d(1, ndf, 4, 2, 1), nn.LeakyReLU(0.2)], 1
+  for n in range(1, layers):
+    prev, mult = mult, min(2 ** n, 8)
+    kernel = (3, 4, 4) if n == layers - 1 else 4
+    seq += [nn.Conv3d(ndf * prev, ndf * mult, kernel, 2, 1, bias=False),
+            nn.BatchNorm3d(ndf * mult), nn.LeakyReLU(0.2)]
+  prev, mult = mult, min(2 ** layers, 8)
+  seq += [nn.Conv3d(ndf * prev, ndf * mult, (1, 4, 4), 1, (0, 1, 1), bias=False),
+          nn.BatchNorm3d(ndf * mult), nn.LeakyReLU(0.2),
+          nn.Conv3d(ndf * mult, 1, (1, 4, 4), 1, (0, 1, 1))]
+  return nn.Sequential(*seq)
+
+
+class Loss(nn.Module):
+  """The weights of the release's LPIPSWithDiscriminator that its checkpoint keeps (LPIPS off)."""
+  def __init__(self, ndf, layers):
+    super().__init__()
+    self.logvar = nn.Parameter(torch.zeros(()), requires_grad=False)
+    self.discriminator = Discriminator(ndf, layers)
+
+
 class ReleaseVAE(nn.Module):
-  def __init__(self, ch, ch_mult, num_res_blocks, z, heads, **_):
+  def __init__(self, ch, ch_mult, num_res_blocks, z, heads, disc_ch, disc_layers, **_):
     super().__init__()
     self.encoder_3d = Encoder(ch, ch_mult, num_res_blocks, z, heads)
     self.decoder = Decoder(ch, ch_mult, num_res_blocks, z, heads)
     self.quant_conv, self.post_quant_conv = nn.Conv3d(2 * z, 2 * z, 1), nn.Conv3d(z, z, 1)
+    self.loss = Loss(disc_ch, disc_layers)
 
 
 def vae_outputs(model, cines):
@@ -186,8 +220,13 @@ def vae_outputs(model, cines):
   latent = F.layer_norm(mean, mean.shape[1:])
   decoded = model.decoder(model.post_quant_conv(latent))[:, 0]
   # channels last, as ours: (B, F', H', W', C) and (B, F, H, W)
+  # The discriminator as it runs in training (BatchNorm on batch statistics), on larger cines.
+  model.loss.discriminator.train()
+  disc_in = torch.from_numpy(generator_weights.vae_inputs(8, 48, seed=3).astype(np.float32)
+                             / 127.5 - 1.0)[:, None]
+  logits = model.loss.discriminator(disc_in)[:, 0]
   return dict(vae_moments=moments.permute(0, 2, 3, 4, 1), vae_latent=latent.permute(0, 2, 3, 4, 1),
-              vae_decoded=decoded)
+              vae_decoded=decoded, vae_disc_logits=logits)
 
 
 # --- MAR + the diffusion head --------------------------------------------------------------
