@@ -40,3 +40,16 @@ def test_training_windows_are_slices_of_each_cine():
   # A cine smaller than the window along an axis is kept whole along it; () keeps it whole.
   assert vae_stage.random_crop(video[:, :8], (9, 24, 24), jax.random.PRNGKey(0)).shape == (2, 8, 24, 24)
   assert vae_stage.random_crop(video, (), jax.random.PRNGKey(0)).shape == video.shape
+
+
+def test_a_checkpoint_from_before_a_model_field_existed_is_refused_by_name(monkeypatch):
+  import pytest
+  from cardionets_jax.stages import vae as vae_stage
+  from cardionets_jax.train import checkpoint as ckpt_lib
+  from cardionets_jax_configs import vae as vae_configs
+  old = vae_configs.get_config("variant=test")
+  del old.model["mid_attention_heads"], old.model["quant_convs"]
+  monkeypatch.setattr(ckpt_lib, "saved_config", lambda reference: old)
+  with pytest.raises(ValueError, match=r"runs/old/vae/checkpoints/6 was saved by an older version"
+                                       r".*model\.mid_attention_heads, model\.quant_convs"):
+    vae_stage.restore_vae("runs/old/vae/checkpoints/6", mesh=None)

@@ -99,6 +99,8 @@ class Screener:
     workdir = self.generator_workdir
     mar_ref = workdir.checkpoints("mar")
     mar_config = ckpt_lib.saved_config(mar_ref)
+    ckpt_lib.require_fields(mar_config, context_lib.stage_config("mar", mar_config.variant),
+                            mar_ref, ("model", "mar", "sample"))
     tokens = context_lib.resolve("tokenize", mar_config, workdir)
     made_by = records.DatasetMeta.load(tokens.path).provenance
     generator = ocp.StandardCheckpointer().restore(workdir.artifact("mar", "generator"))

@@ -169,7 +169,10 @@ def restore_vae(reference, mesh):
   """(VAE module, its params, step, config) from a vae checkpoint, rebuilt from its saved config:
   the one place a trained VAE is loaded (tokenize, mar, screening, benchmarks)."""
   from cardionets_jax.train import checkpoint as ckpt_lib
+  from cardionets_jax.stages import context as context_lib
   config = ckpt_lib.saved_config(reference)
+  ckpt_lib.require_fields(config, context_lib.stage_config("vae", config.variant), reference,
+                          ("model",))
   vae = build_vae(config)
   params, step = common.restore_params(reference, ("params", "vae"),
                                        lambda r: init_vae(vae, config, r), mesh)

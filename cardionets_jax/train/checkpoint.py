@@ -159,6 +159,18 @@ def saved_config(reference):
   return ml_collections.ConfigDict(config)
 
 
+def require_fields(saved, current, reference, sections):
+  """Refuses a checkpoint whose saved config lacks a field that this version's config has in
+  `sections`: saved before the field existed, its model would be rebuilt from today's defaults
+  and fail to restore with an error about shapes, or restore into another model."""
+  missing = [f"{section}.{key}" for section in sections for key in current.get(section, {})
+             if key not in saved.get(section, {})]
+  if missing:
+    raise ValueError(f"{reference} was saved by an older version of cardionets-jax: its config has "
+                     f"no {', '.join(missing)}. Re-run its stage (or convert the release's weights) "
+                     "to rebuild it")
+
+
 def saved_progress(reference):
   """The early-stopping progress saved with a checkpoint ({} when none)."""
   directory, step = resolve(reference)
