@@ -60,7 +60,7 @@ def main(argv):
   acfg = method.encoder_config
   align_model, _, align_task = align.make_task(acfg)
   align_params = nn.unbox(jax.jit(align_task.init_params)(rng))
-  _, generate = mar_stage.random_generator(config, rng)
+  _, generate, _ = mar_stage.random_generator(config, rng)
   embed = jax.jit(lambda e, m: align.crop_averaged(align_model, align_params, e, m, acfg)[1])
   generate_s = _time(lambda e, m: generate(embed(e, m), rng), ecg, mask)
   print(json.dumps(dict(

@@ -199,8 +199,9 @@ def make_generate(config, model, vae, shape):
 
 
 def random_generator(config, rng):
-  """(model, generate(embedding, rng) -> cines) with random weights at the config's sizes (and
-  configs/vae.py's VAE at its variant): what generation costs, for benchmarks."""
+  """(model, generate(embedding, rng) -> cines, parts) with random weights at the config's sizes
+  (and configs/vae.py's VAE at its variant): what generation costs, for benchmarks. `parts`:
+  the MAR params, the latent shape and `decode(latent) -> cines`, to time the pieces alone."""
   import flax.linen as nn
   model, task = make_task(config)
   params = nn.unbox(jax.jit(task.init_params)(rng))
@@ -208,9 +209,12 @@ def random_generator(config, rng):
   vae_config = context_lib.config_for_upstream("vae", config)
   vae = vae_stage.build_vae(vae_config)
   vae_params = nn.unbox(jax.jit(lambda r: vae_stage.init_vae(vae, vae_config, r))(rng))
-  generate = make_generate(config, model, vae, tuple(vae_stage.latent_shape(vae_config)))
+  shape = tuple(vae_stage.latent_shape(vae_config))
+  generate = make_generate(config, model, vae, shape)
+  parts = dict(params=params, latent_shape=shape,
+               decode=lambda latent: vae.apply({"params": vae_params}, latent, method=vae.decode))
   return model, lambda embedding, key: generate(params, frozen, vae_params, embedding, key,
-                                                conditioned=True)
+                                                conditioned=True), parts
 
 
 def tokens_vae(tokens_dir):
