@@ -73,6 +73,9 @@ def get_config(arg=None):
       num_subjects=256,         # held-out subjects generated under each condition
       batch_size=64,
       n_boot=1000,
+      # Every train.eval_every steps (0: never), this many validation subjects are generated from
+      # their own and a shuffled ECG: the curve of mar/curve.png.
+      curve_subjects=32,
   ))
   config.train.update(weight_decay=0.02, b2=0.95, grad_clip_norm=3.0)
   if arg.variant == "base":
@@ -91,6 +94,6 @@ def get_config(arg=None):
   else:
     config.mar.update(diffusion_mul=2, latent_stats_examples=32)
     config.sample.update(num_iter=3, diffusion_steps=4, temperature=0.5, cfg_scale=1.5)
-    config.eval.update(num_subjects=6, batch_size=4, n_boot=50)
-    config.train.update(num_steps=6, ema_decay=0.995)
+    config.eval.update(num_subjects=6, batch_size=4, n_boot=50, curve_subjects=4)
+    config.train.update(num_steps=6, ema_decay=0.995, eval_every=3)
   return config

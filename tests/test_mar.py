@@ -171,6 +171,12 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
   # The probe-free area read-out, the same way on true, reconstructed and generated cines.
   assert set(held["area_readout"]) == {"true_cine"} | set(sources)
   assert -1 <= held["area_readout"]["true_cine"]["ef_vs_lvef"]["value"] <= 1
+  # The validation curve of the same two figures, every train.eval_every steps.
+  curve = [m for m in map(json.loads, open(workdir / "mar" / "metrics.jsonl")) if m["split"] == "val"]
+  assert [m["step"] for m in curve] == [3, 6]
+  for m in curve:   # 4 subjects of a 6-step generator: r is nan when all their EF proxies agree
+    assert abs(m["ssim_own_minus_shuffled"]) < 1 and not m["area_ef_vs_lvef_own_ecg"] > 1
+  assert os.path.exists(workdir / "mar" / "curve.png")
   samples = sorted(os.listdir(workdir / "mar" / "samples"))
   assert len(samples) == 4 * 3 and any(s.endswith(".nii.gz") for s in samples)
   # The NIfTI reads back through the project's own reader as the cine it wrote.

@@ -90,35 +90,36 @@ class GenerationEvaluator:
         alpha=alpha, val_latent_mse={str(a): v for a, v in val_mse.items()},
         fit_split=roles["fit"], num_fit=len(fit[0]), select_split=roles["select"])
 
-  def heldout(self):
-    """The first eval.num_subjects held-out subjects: tokens and their true cines."""
+  def heldout(self, split, num_subjects):
+    """The first `num_subjects` subjects of `split`: tokens and their true cines."""
     tokens = {k: [] for k in ("subject_id", "ecg_embedding", "phenotypes")}
-    for batch, valid in pipeline.eval_batches(self.tokens_dir, self.split, tuple(tokens), 64,
-                                              self.config.eval.num_subjects):
+    for batch, valid in pipeline.eval_batches(self.tokens_dir, split, tuple(tokens), 64,
+                                              num_subjects):
       for k in tokens:
         tokens[k].append(batch[k][:valid])
     tokens = {k: np.concatenate(v) for k, v in tokens.items()}
     wanted = {sid: i for i, sid in enumerate(tokens["subject_id"])}
     cines = np.zeros((len(wanted),) + self.cmr_shape, np.uint8)
     found = 0
-    for batch, valid in pipeline.eval_batches(self.cohort_dir, self.split, ("subject_id", "cmr"), 64):
+    for batch, valid in pipeline.eval_batches(self.cohort_dir, split, ("subject_id", "cmr"), 64):
       for sid, cine in zip(batch["subject_id"][:valid], batch["cmr"][:valid]):
         if sid in wanted:
           cines[wanted[sid]] = cine
           found += 1
     if found != len(wanted):
-      raise ValueError(f"{len(wanted) - found} tokenized {self.split} subjects have no cine in "
+      raise ValueError(f"{len(wanted) - found} tokenized {split} subjects have no cine in "
                        f"{self.cohort_dir}: were the tokens made from another dataset?")
     return tokens, cines
 
-  def generate_all(self, state, embeddings, cines, seed):
-    """{condition: generated cines, "vae_reconstruction": the VAE's own reconstructions}."""
+  def generate_all(self, state, embeddings, cines, seed, conditions=CONDITIONS, reconstruct=True):
+    """{condition: generated cines} and, with `reconstruct`, "vae_reconstruction": the VAE's own
+    reconstructions."""
     e, t = self.config.eval, self.trainer
     params, n = state_lib.ema_params(state), len(cines)
     conditioned = dict(own_ecg=embeddings, shuffled_ecg=embeddings[np.roll(np.arange(n), n // 2)],
                        no_condition=embeddings)  # shuffled: every subject gets another's ECG
-    out = {k: [] for k in CONDITIONS + ("vae_reconstruction",)}
-    progress = metrics_lib.Progress(len(CONDITIONS) * -(-n // e.batch_size), e.batch_size)
+    out = {k: [] for k in conditions + (("vae_reconstruction",) if reconstruct else ())}
+    progress = metrics_lib.Progress(len(conditions) * -(-n // e.batch_size), e.batch_size)
     with mesh_lib.active(t.mesh, t.rules):
       for start in range(0, n, e.batch_size):
         valid = min(e.batch_size, n - start)
@@ -126,16 +127,17 @@ class GenerationEvaluator:
                                         np.repeat(x[start + valid - 1:start + valid],
                                                   e.batch_size - valid, 0)])
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), start)
-        for name in CONDITIONS:
+        for name in conditions:
           cine = self._generate(params, state.frozen, self.vae_params,
                                 jnp.asarray(pad(conditioned[name])), rng,
                                 conditioned=name != "no_condition")
           out[name].append(np.asarray(cine)[:valid])
-          line = progress.update(sum(len(out[k]) for k in CONDITIONS))
+          line = progress.update(sum(len(out[k]) for k in conditions))
           if line:
             metrics_lib.log("generating held-out cines: %s", line)
-        recon = self._reconstruct(self.vae_params, jnp.asarray(pad(cines)))[0]
-        out["vae_reconstruction"].append(np.asarray(recon)[:valid])
+        if reconstruct:
+          recon = self._reconstruct(self.vae_params, jnp.asarray(pad(cines)))[0]
+          out["vae_reconstruction"].append(np.asarray(recon)[:valid])
     return {k: np.concatenate(v) for k, v in out.items()}
 
   def image_scores(self, generated, truth):
@@ -184,9 +186,23 @@ class GenerationEvaluator:
             for k in CONDITIONS + BASELINES},
         probe_splits=dict(fit=roles["fit"], select=roles["select"]))
 
+  def curve_point(self, state, split, num_subjects, seed=0):
+    """The two figures of whether generation carries the patient, on `split`: own-ECG minus
+    shuffled-ECG SSIM (mean over subjects) and the area EF proxy's Pearson r with LVEF on cines
+    generated from the own ECG."""
+    tokens, cines = self.heldout(split, num_subjects)
+    generated = self.generate_all(state, tokens["ecg_embedding"], cines, seed,
+                                  conditions=("own_ecg", "shuffled_ecg"), reconstruct=False)
+    truth = jnp.asarray(vit.cmr_to_float(jnp.asarray(cines)))
+    ssim = {k: float(np.mean(self._scores(jnp.asarray(v), truth)[0])) for k, v in generated.items()}
+    names = list(self.meta.phenotype_names)
+    lvef = np.asarray(tokens["phenotypes"], np.float64)[:, names.index("lvef")]
+    return dict(ssim_own_minus_shuffled=ssim["own_ecg"] - ssim["shuffled_ecg"],
+                area_ef_vs_lvef_own_ecg=areas.pearson(areas.readout(generated["own_ecg"])["ef"], lvef))
+
   def evaluate(self, state, seed=0):
     """(results dict, generated cines, true cines in [-1, 1], subject ids)."""
-    tokens, cines = self.heldout()
+    tokens, cines = self.heldout(self.split, self.config.eval.num_subjects)
     generated = self.generate_all(state, tokens["ecg_embedding"], cines, seed)
     generated["ecg_ridge"], ridge = self.ridge_baseline(tokens["ecg_embedding"])
     truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))

@@ -19,7 +19,9 @@ from cardionets_jax import stages
 from cardionets_jax.data import datasets
 from cardionets_jax.data import pipeline
 from cardionets_jax.data import records
+from cardionets_jax import plots
 from cardionets_jax.evaluators import generation
+from cardionets_jax.evaluators import splits
 from cardionets_jax.models import diffusion
 from cardionets_jax.models import mar as mar_lib
 from cardionets_jax.models import vae3d
@@ -248,12 +250,22 @@ def run(config, context):
   mae_up = context.upstream("mae", config)
   model, task = make_task(config, tokens.path)
   trainer = loop.Trainer(config, workdir, "mar", tokens.path, task, mesh=context.mesh)
-  state = trainer.fit()
-  export_generator(state, workdir)
   latent_shape = tuple(records.DatasetMeta.load(tokens.path).shapes["latent_mean"])
   evaluator = generation.GenerationEvaluator(
       config, lambda vae: make_generate(config, model, vae, latent_shape), trainer, tokens.path,
       tokens_vae(tokens.path), mae_up.reference, cohort_dir, cohort_meta)
+  val_split = splits.choose(cohort_meta, "val", config.data)
+
+  def on_eval(state, step, writer):
+    point = evaluator.curve_point(state, val_split, config.eval.curve_subjects)
+    writer.write(step, point, split="val")
+    metrics_lib.log("step %d, %s: SSIM own ECG - shuffled %.4f; area EF proxy vs LVEF r %.3f", step,
+                    val_split, point["ssim_own_minus_shuffled"], point["area_ef_vs_lvef_own_ecg"])
+
+  state = trainer.fit(on_eval)
+  export_generator(state, workdir)
+  if config.train.eval_every and jax.process_index() == 0:
+    write_curve(workdir, val_split)
   result, generated, truth, ids = evaluator.evaluate(state)
   step = int(state.step)
   results = dict(stage="mar", variant=config.variant, step=step, heldout_test=result,
@@ -276,6 +288,26 @@ def run(config, context):
     d = result[f"own_ecg_minus_{other}"]["ssim"]
     metrics_lib.log("SSIM own ECG - %s: %.4f (95%% CI %.4f-%.4f)", other, d["value"], d["low"], d["high"])
   return results
+
+
+def write_curve(workdir, split):
+  """mar/curve.png: the validation figures of `on_eval` against training steps."""
+  rows = [m for m in metrics_lib.read_metrics(workdir.file("mar", "metrics.jsonl"))
+          if m.get("split") == "val" and "ssim_own_minus_shuffled" in m]
+  if not rows:
+    return
+  plt = plots.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+  steps = [m["step"] for m in rows]
+  for ax, key, label in ((axes[0], "ssim_own_minus_shuffled", "SSIM, own ECG - shuffled ECG"),
+                         (axes[1], "area_ef_vs_lvef_own_ecg", "area EF proxy vs LVEF, Pearson r")):
+    ax.plot(steps, [m[key] for m in rows], "o-")
+    ax.axhline(0.0, color="k", lw=0.6)
+    ax.set(xlabel="training step", title=label)
+  fig.suptitle(f"Generation that carries the patient ({split} subjects, own-ECG cines)")
+  fig.tight_layout()
+  fig.savefig(workdir.file("mar", "curve.png"), dpi=110)
+  plt.close(fig)
 
 
 STAGE = stages.Stage(name="mar", upstream=lambda config: ("tokenize", "mae"),
