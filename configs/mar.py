@@ -70,6 +70,7 @@ def get_config(arg=None):
                                 # clip_x0 (bound on the implied token; 0 = none)
   ))
   config.eval = ml_collections.ConfigDict(dict(
+      split="test",             # where they come from: "val" to choose sampling settings
       num_subjects=256,         # held-out subjects generated under each condition
       batch_size=64,
       n_boot=1000,

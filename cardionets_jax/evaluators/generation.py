@@ -53,7 +53,7 @@ class GenerationEvaluator:
                                                                            trainer.mesh)
     self.probe_alphas = tuple(mae_config.probe.alphas)
     self.sources = dict(vae=vae_reference, mae=mae_reference)
-    self.split = splits.choose(cohort_meta, "test", config.data)
+    self.split = splits.choose(cohort_meta, config.eval.get("split", "test"), config.data)
     self._features = jax.jit(lambda p, v: encoder.apply({"params": p}, v))
     self._reconstruct = reconstruction.reconstructor(vae)
     self._generate = build_generate(vae)
