@@ -268,8 +268,8 @@ def run(config, context):
     write_curve(workdir, val_split)
   result, generated, truth, ids = evaluator.evaluate(state)
   step = int(state.step)
-  results = dict(stage="mar", variant=config.variant, step=step, **{f"heldout_{evaluator.split}": result},
-                 sample=config.sample.to_dict(), sources=evaluator.sources,
+  results = dict(stage="mar", variant=config.variant, step=step,
+                 **{f"heldout_{evaluator.split}": result}, sample=config.sample.to_dict(), sources=evaluator.sources,
                  upstream=dict(tokenize=tokens.describe(config.data),
                                mae=mae_up.describe(config.data)),
                  checkpoint=f"{trainer.checkpoint_dir}/{step}", wall_time_s=time.time() - start)
