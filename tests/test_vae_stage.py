@@ -22,6 +22,10 @@ def test_vae_stage_trains_and_reports_heldout_psnr_ssim(tokenized_workdir):
     assert os.path.exists(out / name), name
   metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
   assert any("d_loss" in m for m in metrics) and any(m["split"] == "val" for m in metrics)
+  # The release's loss: the outlier penalty throughout, an adaptive GAN weight once it is on.
+  train = [m for m in metrics if m["split"] == "train"]
+  assert all("outlier_penalty" in m for m in train)
+  assert any(m["adv_weight"] > 0 and m["adv_weight"] != 0.05 for m in train)
 
 
 def test_training_windows_are_slices_of_each_cine():
