@@ -30,6 +30,8 @@ from cardionets_jax_configs import mar as mar_configs
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mar.py", "The mar config.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Cines generated per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed calls of each program (after its compiling one).")
+_SPLIT = flags.DEFINE_bool("split", True, "Also time the transformer passes, the head steps and the "
+                           "decode on their own (three more programs to compile).")
 _SAMPLERS = flags.DEFINE_list("samplers", [], "Sampler presets of configs/mar.py to compare "
                               f"({', '.join(mar_configs.SAMPLERS)}); default: the config's.")
 
@@ -52,6 +54,8 @@ def programs(config, rng):
         model, parts["params"], emb, key, sched=sched, num_iter=s.num_iter, cfg_scale=s.cfg_scale,
         cfg_schedule=s.cfg_schedule, temperature=s.temperature, clip_x0=s.clip_x0 or None))
 
+  if not _SPLIT.value:
+    return model, dict(whole=jax.jit(generate))
   latent = jnp.zeros((_BATCH.value,) + tuple(parts["latent_shape"]))
   return model, dict(whole=jax.jit(generate), tokens=tokens(s.diffusion_steps),
                      tokens_two_steps=tokens(2),
@@ -73,8 +77,9 @@ def main(argv):
   built = {n: programs(with_sampler(base, n), rng) for n in names}
   compile_s = {n: timed(p["whole"], embedding, rng) for n, (_, p) in built.items()}
   for _, p in built.values():
-    for part in ("tokens", "tokens_two_steps", "decode"):
-      timed(p[part], embedding, rng)
+    for part, fn in p.items():
+      if part != "whole":
+        timed(fn, embedding, rng)
   times = {n: {part: [] for part in built[n][1]} for n in names}
   for i in range(_REPEATS.value):      # interleaved: every preset sees the same machine state
     for n, (_, p) in built.items():
@@ -84,17 +89,18 @@ def main(argv):
     model, _ = built[n]
     med = {part: float(np.median(t)) / _BATCH.value for part, t in times[n].items()}
     s = with_sampler(base, n).sample
-    head_step = (med["tokens"] - med["tokens_two_steps"]) / max(s.diffusion_steps - 2, 1)
+    split = {}
+    if _SPLIT.value:
+      head_step = (med["tokens"] - med["tokens_two_steps"]) / max(s.diffusion_steps - 2, 1)
+      split = dict(transformer_passes=med["tokens_two_steps"] - 2 * head_step,
+                   diffusion_head_steps=head_step * s.diffusion_steps, vae_decode=med["decode"])
     print(json.dumps(dict(
         stage="mar", variant=base.variant, sampler=n, device_kind=jax.devices()[0].device_kind,
         devices=jax.device_count(), batch=_BATCH.value, tokens=model.seq_len,
         token_dim=model.token_dim, num_iter=s.num_iter, diffusion_steps=s.diffusion_steps,
         cfg_scale=s.cfg_scale, cfg_schedule=s.cfg_schedule, clip_x0=s.clip_x0,
         compile_and_first_call_s=round(compile_s[n], 2), s_per_cine=med["whole"],
-        cines_per_s=1.0 / med["whole"],
-        s_per_cine_split=dict(transformer_passes=med["tokens_two_steps"] - 2 * head_step,
-                              diffusion_head_steps=head_step * s.diffusion_steps,
-                              vae_decode=med["decode"]))))
+        cines_per_s=1.0 / med["whole"], s_per_cine_split=split)))
 
 
 if __name__ == "__main__":
