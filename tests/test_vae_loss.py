@@ -118,7 +118,9 @@ def test_release_loss_step_reports_its_terms_and_the_weight_switches_on():
   (before, m_before), (after, m_after) = run(0), run(config.vae.adv_start)
   assert {"outlier_penalty", "g_loss", "d_loss", "adv_weight"} <= set(m_after)
   assert float(m_after["adv_weight"]) > 0 and np.isfinite(float(after))
-  # Before adv_start only the reconstruction terms count; after it the weighted GAN terms join.
+  # Before adv_start only the reconstruction terms count (the GAN terms are not computed); after
+  # it the weighted GAN terms join.
+  assert all(float(m_before[k]) == 0 for k in ("g_loss", "d_loss", "adv_weight"))
   np.testing.assert_allclose(before, m_before["loss"] + m_before["outlier_penalty"], rtol=1e-5)
   np.testing.assert_allclose(
       after - before, m_after["adv_weight"] * m_after["g_loss"] + m_after["d_loss"], rtol=1e-4)

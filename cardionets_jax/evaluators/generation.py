@@ -59,12 +59,8 @@ class GenerationEvaluator:
     self._generate = build_generate(vae)
     self._scores = jax.jit(reconstruction.scores)
     self._latent_norm = vae.latent_norm
-    self._decode = jax.jit(lambda p, z: jnp.clip(
-        vae.apply({"params": p}, self.decoder_space(z), method=vae.decode), -1.0, 1.0))
-
-  def decoder_space(self, latent):
-    """A latent as the VAE decoder reads it (layer-normed for the release's VAE)."""
-    return vae3d.latent_layer_norm(latent) if self._latent_norm == "layer_norm" else latent
+    self._decode = jax.jit(lambda p, z: jnp.clip(vae.apply(
+        {"params": p}, vae3d.decoder_latent(z, vae.latent_norm), method=vae.decode), -1.0, 1.0))
 
   def ridge_baseline(self, embeddings):
     """Cines decoded from a ridge map of each ECG embedding to the decoder-space latent: fitted on
@@ -76,7 +72,8 @@ class GenerationEvaluator:
       for batch, valid in pipeline.eval_batches(self.tokens_dir, split,
                                                 ("ecg_embedding", "latent_mean"), 64, limit):
         x.append(batch["ecg_embedding"][:valid])
-        y.append(np.asarray(self.decoder_space(jnp.asarray(batch["latent_mean"][:valid]))))
+        latent = jnp.asarray(batch["latent_mean"][:valid])
+        y.append(np.asarray(vae3d.decoder_latent(latent, self._latent_norm)))
       return np.concatenate(x), np.concatenate(y)
 
     fit, select = examples(roles["fit"], probe.TRAIN_LIMIT), examples(roles["select"])

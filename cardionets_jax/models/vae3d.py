@@ -180,6 +180,12 @@ def latent_layer_norm(z, eps=1e-5):
   return (z - mean) * jax.lax.rsqrt(var + eps)
 
 
+def decoder_latent(z, latent_norm):
+  """A posterior sample (or mean) -> the latent the decoder reads, for a VAE whose
+  `latent_norm` is "layer_norm" (the release's) or "none"."""
+  return latent_layer_norm(z) if latent_norm == "layer_norm" else z
+
+
 # ---------------------------------------------------------------------------
 # Encoder, decoder, VAE.
 
@@ -288,7 +294,7 @@ class VAE3D(nn.Module):
 
   def normalize(self, z):
     """A posterior sample (or mean) -> the latent the decoder reads."""
-    return latent_layer_norm(z) if self.latent_norm == "layer_norm" else z
+    return decoder_latent(z, self.latent_norm)
 
   def decode(self, z):
     """A decoder-space latent (B, F', H', W', C) -> (B, F, H, W) float32."""

@@ -91,7 +91,7 @@ def to_tokens(latent, frozen, patch, space, latent_norm):
   generations are decoded without the layer norm).
   """
   if space == "decoder":
-    latent = vae3d.latent_layer_norm(latent) if latent_norm == "layer_norm" else latent
+    latent = vae3d.decoder_latent(latent, latent_norm)
   elif space == "channel_stats":
     latent = (latent - frozen["latent_mean"]) / frozen["latent_std"]
   elif space != "raw":
@@ -104,7 +104,7 @@ def from_tokens(tokens, frozen, patch, shape, space, latent_norm):
   latent = mar_lib.unpatchify_latent(tokens, patch, shape)
   if space == "channel_stats":
     latent = latent * frozen["latent_std"] + frozen["latent_mean"]
-    latent = vae3d.latent_layer_norm(latent) if latent_norm == "layer_norm" else latent
+    latent = vae3d.decoder_latent(latent, latent_norm)
   return latent
 
 

@@ -115,6 +115,21 @@ def make_task(config):
       params["disc"] = disc.init(disc_rng, vit.cmr_to_float(video))["params"]
     return params
 
+  def adversarial_terms(params, recon, target, last_input):
+    score = lambda x, p=params["disc"]: disc.apply({"params": p}, x)
+    adv_loss = lambda r: losses.generator_adv_loss(score(r, jax.lax.stop_gradient(params["disc"])))
+    weight = jnp.float32(v.adv_weight)
+    if v.adv_weighting == "adaptive":
+      at_last = lambda f: last_layer_grad(params["vae"], jax.lax.stop_gradient(last_input),
+                                          jax.grad(f)(jax.lax.stop_gradient(recon)))
+      weight = weight * losses.adaptive_weight(at_last(lambda r: jnp.mean(jnp.abs(r - target))),
+                                               at_last(adv_loss))
+    elif v.adv_weighting != "fixed":
+      raise ValueError(f"vae.adv_weighting must be one of {ADV_WEIGHTINGS}, got "
+                       f"{v.adv_weighting!r}")
+    d_loss = losses.hinge_d_loss(score(target), score(jax.lax.stop_gradient(recon)))
+    return dict(g_loss=adv_loss(recon), d_loss=d_loss, adv_weight=weight)
+
   def loss_fn(params, frozen, batch, rng, step):
     del frozen
     crop_rng, rng = jax.random.split(rng)
@@ -129,23 +144,14 @@ def make_task(config):
       penalty = losses.outlier_penalty(recon, v.outlier_radius)
       loss, metrics = loss + v.outlier_weight * penalty, dict(metrics, outlier_penalty=penalty)
     if v.adv_weight > 0:
-      on = (step >= v.adv_start).astype(jnp.float32)
-      score = lambda x, p=params["disc"]: disc.apply({"params": p}, x)
-      adv_loss = lambda r: losses.generator_adv_loss(score(r, jax.lax.stop_gradient(params["disc"])))
-      g_loss = adv_loss(recon)
-      weight = jnp.float32(v.adv_weight)
-      if v.adv_weighting == "adaptive":
-        last_input = sown["intermediates"]["decoder"]["last_layer_input"][0]
-        at_last = lambda f: last_layer_grad(params["vae"], jax.lax.stop_gradient(last_input),
-                                            jax.grad(f)(jax.lax.stop_gradient(recon)))
-        weight = weight * losses.adaptive_weight(at_last(lambda r: jnp.mean(jnp.abs(r - target))),
-                                                 at_last(adv_loss))
-      elif v.adv_weighting != "fixed":
-        raise ValueError(f"vae.adv_weighting must be one of {ADV_WEIGHTINGS}, got "
-                         f"{v.adv_weighting!r}")
-      d_loss = losses.hinge_d_loss(score(target), score(jax.lax.stop_gradient(recon)))
-      loss = loss + on * (weight * g_loss + d_loss)
-      metrics = dict(metrics, g_loss=g_loss, d_loss=d_loss, adv_weight=weight)
+      last_input = sown["intermediates"]["decoder"]["last_layer_input"][0]
+      # Before adv_start the discriminator and the adaptive weight's two vjps are not run at all.
+      terms = jax.lax.cond(step >= v.adv_start, adversarial_terms,
+                           lambda *_: dict.fromkeys(("g_loss", "d_loss", "adv_weight"),
+                                                    jnp.float32(0)),
+                           params, recon, target, last_input)
+      loss = loss + terms["adv_weight"] * terms["g_loss"] + terms["d_loss"]
+      metrics = dict(metrics, **terms)
     return loss, metrics
 
   return vae, loop.Task(init_params=init_params, loss_fn=loss_fn,
