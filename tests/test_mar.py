@@ -149,17 +149,18 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
     results = json.load(f)
   held = results["heldout_test"]
   assert held["num_subjects"] == 6
-  sources = ("own_ecg", "shuffled_ecg", "no_condition", "ecg_ridge", "vae_reconstruction")
+  sources = ("own_ecg", "shuffled_ecg", "no_condition", "ecg_ridge", "ecg_ridge_shuffled",
+             "vae_reconstruction")
   for name in sources:
     assert -1 <= held[name]["ssim"]["low"] <= held[name]["ssim"]["value"] <= held[name]["ssim"]["high"] <= 1
     assert np.isfinite(held[name]["psnr"]["value"])
   assert set(held["probe_r2"]) == {"true_cine", "own_ecg", "shuffled_ecg", "no_condition",
-                                   "ecg_ridge"}
+                                   "ecg_ridge", "ecg_ridge_shuffled"}
   # The deterministic baseline: ridge on the training tokens, alpha chosen on val.
   ridge = held["ecg_ridge_fit"]
   assert (ridge["fit_split"], ridge["select_split"]) == ("train", "val") and ridge["num_fit"] > 6
   assert ridge["val_latent_mse"][str(ridge["alpha"])] == min(ridge["val_latent_mse"].values())
-  assert "own_ecg_minus_ecg_ridge" in held
+  assert {"own_ecg_minus_ecg_ridge", "ecg_ridge_minus_ecg_ridge_shuffled"} <= set(held)
   # Both SSIMs, labelled, and every subject's scores for paired analyses.
   assert set(held["metrics"]) == {"ssim", "psnr", "ssim_gaussian11"}
   assert len(held["per_subject_ids"]) == 6

@@ -32,9 +32,19 @@ from cardionets_jax.train import state as state_lib
 from cardionets_jax.workdir import unique_names
 
 CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
-BASELINES = ("ecg_ridge",)
+# ecg_ridge_shuffled: the ridge map given another subject's ECG, the same pairing as shuffled_ecg:
+# what SSIM the ECG embedding can buy at all through a deterministic map.
+BASELINES = ("ecg_ridge", "ecg_ridge_shuffled")
+# (a, b): a - b per subject, paired bootstrap CIs, as f"{a}_minus_{b}".
+PAIRED = (("own_ecg", "shuffled_ecg"), ("own_ecg", "no_condition"), ("own_ecg", "ecg_ridge"),
+          ("ecg_ridge", "ecg_ridge_shuffled"))
 METRICS = reconstruction.METRICS
 RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def shuffled(x):
+  """Every subject paired with another's row: the same pairing for every shuffled control."""
+  return x[np.roll(np.arange(len(x)), len(x) // 2)]
 
 
 class GenerationEvaluator:
@@ -63,8 +73,9 @@ class GenerationEvaluator:
         {"params": p}, vae3d.decoder_latent(z, vae.latent_norm), method=vae.decode), -1.0, 1.0))
 
   def ridge_baseline(self, embeddings):
-    """Cines decoded from a ridge map of each ECG embedding to the decoder-space latent: fitted on
-    the training tokens (at most probe.TRAIN_LIMIT), alpha chosen on validation by latent MSE."""
+    """{"ecg_ridge", "ecg_ridge_shuffled": cines} decoded from a ridge map of each ECG embedding
+    (and of the shuffled ones) to the decoder-space latent, and the fit: fitted on the training
+    tokens (at most probe.TRAIN_LIMIT), alpha chosen on validation by latent MSE."""
     roles = splits.roles(self.meta, self.config.data)
 
     def examples(split, limit=None):
@@ -78,14 +89,17 @@ class GenerationEvaluator:
 
     fit, select = examples(roles["fit"], probe.TRAIN_LIMIT), examples(roles["select"])
     predict, alpha, val_mse = evaluate.fit_ridge_map(fit, select, RIDGE_ALPHAS)
-    latents = predict(embeddings).astype(np.float32)
-    batch, n = self.config.eval.batch_size, len(latents)
-    padded = np.concatenate([latents, np.repeat(latents[-1:], -n % batch, 0)])  # one compile
-    cines = [np.asarray(self._decode(self.vae_params, jnp.asarray(padded[i:i + batch])))
-             for i in range(0, n, batch)]
-    return np.concatenate(cines)[:n], dict(
-        alpha=alpha, val_latent_mse={str(a): v for a, v in val_mse.items()},
-        fit_split=roles["fit"], num_fit=len(fit[0]), select_split=roles["select"])
+
+    def decode(latents):
+      batch, n = self.config.eval.batch_size, len(latents)
+      padded = np.concatenate([latents, np.repeat(latents[-1:], -n % batch, 0)])  # one compile
+      return np.concatenate([np.asarray(self._decode(self.vae_params, jnp.asarray(chunk)))
+                             for chunk in np.split(padded, len(padded) // batch)])[:n]
+
+    cines = {name: decode(predict(x).astype(np.float32))
+             for name, x in zip(BASELINES, (embeddings, shuffled(embeddings)))}
+    return cines, dict(alpha=alpha, val_latent_mse={str(a): v for a, v in val_mse.items()},
+                       fit_split=roles["fit"], num_fit=len(fit[0]), select_split=roles["select"])
 
   def heldout(self, split, num_subjects):
     """The first `num_subjects` subjects of `split`: tokens and their true cines."""
@@ -113,8 +127,8 @@ class GenerationEvaluator:
     reconstructions."""
     e, t = self.config.eval, self.trainer
     params, n = state_lib.ema_params(state), len(cines)
-    conditioned = dict(own_ecg=embeddings, shuffled_ecg=embeddings[np.roll(np.arange(n), n // 2)],
-                       no_condition=embeddings)  # shuffled: every subject gets another's ECG
+    conditioned = dict(own_ecg=embeddings, shuffled_ecg=shuffled(embeddings),
+                       no_condition=embeddings)
     out = {k: [] for k in conditions + (("vae_reconstruction",) if reconstruct else ())}
     progress = metrics_lib.Progress(len(conditions) * -(-n // e.batch_size), e.batch_size)
     with mesh_lib.active(t.mesh, t.rules):
@@ -145,9 +159,9 @@ class GenerationEvaluator:
               for name, cine in generated.items()}
     result = {name: {m: bootstrap.bootstrap_ci(np.mean, (s[m],), n_boot=n_boot) for m in METRICS}
               for name, s in scores.items()}
-    for other in ("shuffled_ecg", "no_condition") + BASELINES:
-      result[f"own_ecg_minus_{other}"] = {
-          m: bootstrap.paired_bootstrap_diff(np.mean, (scores["own_ecg"][m],), (scores[other][m],),
+    for a, b in PAIRED:
+      result[f"{a}_minus_{b}"] = {
+          m: bootstrap.paired_bootstrap_diff(np.mean, (scores[a][m],), (scores[b][m],),
                                              n_boot=n_boot) for m in METRICS}
     # Every subject's scores, in `per_subject_ids` order: paired analyses on any subset.
     result["per_subject"] = {name: {m: [float(v) for v in s[m]] for m in METRICS}
@@ -194,14 +208,16 @@ class GenerationEvaluator:
     ssim = {k: float(np.mean(self._scores(jnp.asarray(v), truth)[0])) for k, v in generated.items()}
     names = list(self.meta.phenotype_names)
     lvef = np.asarray(tokens["phenotypes"], np.float64)[:, names.index("lvef")]
+    ef = areas.readout(generated["own_ecg"])["ef"]
     return dict(ssim_own_minus_shuffled=ssim["own_ecg"] - ssim["shuffled_ecg"],
-                area_ef_vs_lvef_own_ecg=areas.pearson(areas.readout(generated["own_ecg"])["ef"], lvef))
+                area_ef_vs_lvef_own_ecg=areas.pearson(ef, lvef))
 
   def evaluate(self, state, seed=0):
     """(results dict, generated cines, true cines in [-1, 1], subject ids)."""
     tokens, cines = self.heldout(self.split, self.config.eval.num_subjects)
     generated = self.generate_all(state, tokens["ecg_embedding"], cines, seed)
-    generated["ecg_ridge"], ridge = self.ridge_baseline(tokens["ecg_embedding"])
+    ridge_cines, ridge = self.ridge_baseline(tokens["ecg_embedding"])
+    generated.update(ridge_cines)
     truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
     result = dict(num_subjects=len(cines), split=self.split, **self.image_scores(generated, truth),
                   **self.phenotype_readings(tokens["phenotypes"], cines, generated))
@@ -228,7 +244,7 @@ def write_samples(out_dir, subject_ids, generated, truth, num=4, num_frames=8):
     plots.write_gif(os.path.join(out_dir, f"{name}.gif"),
                     np.concatenate([truth[i], generated["own_ecg"][i]], axis=2))
     rows = [("true", truth[i])] + [(k.replace("_", " "), generated[k][i])
-                                   for k in CONDITIONS + BASELINES if k in generated]
+                                   for k in CONDITIONS + ("ecg_ridge",) if k in generated]
     plots.frame_grid(os.path.join(out_dir, f"{name}.png"), rows,
                      f"{name}: true cine; generated from its ECG, another ECG, none; the ECG "
                      "ridge baseline",

@@ -269,7 +269,8 @@ def run(config, context):
   result, generated, truth, ids = evaluator.evaluate(state)
   step = int(state.step)
   results = dict(stage="mar", variant=config.variant, step=step,
-                 **{f"heldout_{evaluator.split}": result}, sample=config.sample.to_dict(), sources=evaluator.sources,
+                 **{f"heldout_{evaluator.split}": result}, sample=config.sample.to_dict(),
+                 sources=evaluator.sources,
                  upstream=dict(tokenize=tokens.describe(config.data),
                                mae=mae_up.describe(config.data)),
                  checkpoint=f"{trainer.checkpoint_dir}/{step}", wall_time_s=time.time() - start)
@@ -284,9 +285,9 @@ def run(config, context):
   for source, r in result["area_readout"].items():
     metrics_lib.log("area read-out, %-18s Pearson r: EF proxy vs LVEF %.3f, ED area vs LVEDV %.3f",
                     source, r["ef_vs_lvef"]["value"], r["ed_area_vs_lvedv"]["value"])
-  for other in ("shuffled_ecg", "no_condition") + generation.BASELINES:
-    d = result[f"own_ecg_minus_{other}"]["ssim"]
-    metrics_lib.log("SSIM own ECG - %s: %.4f (95%% CI %.4f-%.4f)", other, d["value"], d["low"], d["high"])
+  for a, b in generation.PAIRED:
+    d = result[f"{a}_minus_{b}"]["ssim"]
+    metrics_lib.log("SSIM %s - %s: %.4f (95%% CI %.4f-%.4f)", a, b, d["value"], d["low"], d["high"])
   return results
 
 
