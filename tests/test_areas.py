@@ -1,6 +1,7 @@
 """The probe-free phenotype read-out: blood-pool areas per frame."""
 
 import numpy as np
+import pytest
 
 from cardionets_jax.data import synthetic
 from cardionets_jax.evaluators import areas
@@ -36,6 +37,8 @@ def test_on_the_simulators_cines_the_proxies_follow_the_true_phenotypes():
   assert r["ef_vs_lvef"]["value"] > 0.7 and r["ed_area_vs_lvedv"]["value"] > 0.7
   assert r["ef_vs_lvef"]["low"] > 0.5
   assert len(per_subject["true_cine"]["ef"]) == 60
+  assert r["ef_mean"] == pytest.approx(np.mean(per_subject["true_cine"]["ef"]))
+  assert 0.1 < r["ef_mean"] < 0.6 and 0 < r["ef_sd"] < 0.2   # hearts eject part of their blood
   # Shuffling the cines against the phenotypes breaks it.
   shuffled, _ = areas.agreement({"x": cines[::-1]}, phenotypes, synthetic.phenotype_names(),
                                 n_boot=10)

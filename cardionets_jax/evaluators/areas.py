@@ -52,8 +52,10 @@ def pearson(x, y):
 
 
 def agreement(cines_by_source, phenotypes, names, n_boot=1000):
-  """{source: {proxy: Pearson r with its phenotype, bootstrap CI over subjects}} and every
-  subject's proxies (lists, in input order)."""
+  """{source: {proxy: Pearson r with its phenotype, bootstrap CI over subjects; "ef_mean",
+  "ef_sd": the EF proxy's spread}} and every subject's proxies (lists, in input order). The
+  spread is beside r because r alone can be high on cines no heart would give (an EF proxy
+  near 1 everywhere, from a washed-out end-diastolic frame)."""
   columns = {p: names.index(p) for p in PROXIES.values() if p in names}
   result, per_subject = {}, {}
   for source, cines in cines_by_source.items():
@@ -63,4 +65,6 @@ def agreement(cines_by_source, phenotypes, names, n_boot=1000):
         f"{proxy}_vs_{pheno}": bootstrap.bootstrap_ci(
             pearson, (values[proxy], phenotypes[:, columns[pheno]]), n_boot=n_boot)
         for proxy, pheno in PROXIES.items() if pheno in columns}
+    result[source].update(ef_mean=float(np.nanmean(values["ef"])),
+                          ef_sd=float(np.nanstd(values["ef"])))
   return result, per_subject

@@ -283,8 +283,9 @@ def run(config, context):
                     r["ssim"]["low"], r["ssim"]["high"], r["psnr"]["value"], r["psnr"]["low"],
                     r["psnr"]["high"])
   for source, r in result["area_readout"].items():
-    metrics_lib.log("area read-out, %-18s Pearson r: EF proxy vs LVEF %.3f, ED area vs LVEDV %.3f",
-                    source, r["ef_vs_lvef"]["value"], r["ed_area_vs_lvedv"]["value"])
+    metrics_lib.log("area read-out, %-18s Pearson r: EF proxy vs LVEF %.3f, ED area vs LVEDV %.3f; "
+                    "EF proxy %.2f +- %.2f", source, r["ef_vs_lvef"]["value"],
+                    r["ed_area_vs_lvedv"]["value"], r["ef_mean"], r["ef_sd"])
   for a, b in generation.PAIRED:
     d = result[f"{a}_minus_{b}"]["ssim"]
     metrics_lib.log("SSIM %s - %s: %.4f (95%% CI %.4f-%.4f)", a, b, d["value"], d["low"], d["high"])
