@@ -319,6 +319,33 @@ def test_forward_backward_finite_and_sample_false_is_deterministic(small):
   assert all(float(jnp.abs(g).max()) > 0 for g in leaves)   # every parameter gets a gradient
 
 
+def test_cyclic_context_gives_the_first_frame_the_cycles_last_as_neighbours():
+  sizes = dict(base_channels=4, channel_mult=(1, 2), num_res_blocks=1, decoder_res_blocks=1,
+               latent_channels=2, temporal_down=(True,), mid_attention_heads=0)
+  video = jax.random.uniform(jax.random.PRNGKey(0), (1, 12, 8, 8), minval=-1.0, maxval=1.0)
+  with pytest.raises(ValueError, match="multiple of the temporal down-sampling factor 2"):
+    vae3d.VAE3D(**sizes, cyclic_context=3).init(jax.random.PRNGKey(0), video, sample=False)
+  zeros, cyclic = vae3d.VAE3D(**sizes), vae3d.VAE3D(**sizes, cyclic_context=2)
+  params = {"params": cyclic.init(jax.random.PRNGKey(0), video, sample=False)["params"]}
+  mean = lambda m, v: m.apply(params, v, method=m.encode).mean
+  decode = lambda m, z: m.apply(params, z, method=m.decode)
+  # The same weights; the cine's frames 10, 11 before frame 0 and 0, 1 after frame 11, in place
+  # of zeros, cut back out (1 latent frame each side at time halved).
+  z = mean(cyclic, video)
+  assert z.shape == (1, 6, 4, 4, 2) and decode(cyclic, z).shape == video.shape
+  wrapped = video[:, np.arange(-2, 14) % 12]
+  np.testing.assert_allclose(z, mean(zeros, wrapped)[:, 1:-1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(decode(cyclic, z), decode(zeros, z[:, np.arange(-1, 7) % 6])[:, 2:-2],
+                             rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(z - mean(zeros, video)).max()) > 1e-3
+  # A whole cine is the training window of itself wrapped by its own frames.
+  recon, post = cyclic.apply(params, wrapped, False, method=cyclic.window)
+  np.testing.assert_allclose(post.mean, z, rtol=1e-5, atol=1e-6)
+  whole, _ = cyclic.apply(params, video, sample=False)
+  np.testing.assert_allclose(recon, whole, rtol=1e-5, atol=1e-6)
+  assert recon.shape == video.shape
+
+
 def kl_reference(mean, logvar):
   mean, logvar = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
   per = mean ** 2 + np.exp(logvar) - 1.0 - logvar

@@ -1,6 +1,7 @@
 """The vae stage end to end on a tiny cohort: trains, evaluates, writes its figures."""
 
 import json
+import math
 import os
 
 
@@ -18,6 +19,10 @@ def test_vae_stage_trains_and_reports_heldout_psnr_ssim(tokenized_workdir):
   assert -1 <= held["ssim_gaussian11"] <= 1 and -1 <= held["ssim"] <= 1
   assert held["ssim_gaussian11"] != held["ssim"]
   assert "11 x 11 Gaussian" in held["metrics"]["ssim_gaussian11"]
+  # The error of each frame, over the held-out cines (its PSNR, by Jensen, at most the mean's).
+  mse = held["mse_per_frame"]
+  assert len(mse) == 8 and min(mse) > 0
+  assert sum(10 * math.log10(4 / m) for m in mse) / 8 <= held["psnr"] + 1e-3
   for name in ("reconstructions.png", "reconstructions.gif", "metrics.jsonl"):
     assert os.path.exists(out / name), name
   metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -33,7 +38,7 @@ def test_training_windows_are_slices_of_each_cine():
   import numpy as np
   from cardionets_jax.stages import vae as vae_stage
   video = np.arange(2 * 25 * 48 * 48, dtype=np.int32).reshape(2, 25, 48, 48)  # unique values
-  crops = np.asarray(vae_stage.random_crop(video, (9, 24, 24), jax.random.PRNGKey(0)))
+  crops = np.asarray(vae_stage.random_window(video, (9, 24, 24), 0, jax.random.PRNGKey(0)))
   assert crops.shape == (2, 9, 24, 24)
   corners = set()
   for b in range(2):
@@ -42,8 +47,22 @@ def test_training_windows_are_slices_of_each_cine():
     corners.add((f, h, w))
   assert len(corners) == 2  # each cine gets its own window
   # A cine smaller than the window along an axis is kept whole along it; () keeps it whole.
-  assert vae_stage.random_crop(video[:, :8], (9, 24, 24), jax.random.PRNGKey(0)).shape == (2, 8, 24, 24)
-  assert vae_stage.random_crop(video, (), jax.random.PRNGKey(0)).shape == video.shape
+  small = vae_stage.random_window(video[:, :8], (9, 24, 24), 0, jax.random.PRNGKey(0))
+  assert small.shape == (2, 8, 24, 24)
+  assert vae_stage.random_window(video, (), 0, jax.random.PRNGKey(0)).shape == video.shape
+  # With cyclic context: 2 frames of the same cycle either side, wrapping past frame 24 to 0.
+  starts = set()
+  for seed in range(6):
+    windows = np.asarray(vae_stage.random_window(video, (9, 24, 24), 2, jax.random.PRNGKey(seed)))
+    assert windows.shape == (2, 13, 24, 24)
+    for b in range(2):
+      (f, h, w), = np.argwhere(video[b] == windows[b, 0, 0, 0])
+      frames = (f + np.arange(13)) % 25
+      np.testing.assert_array_equal(windows[b], video[b][frames][:, h:h + 24, w:w + 24])
+      starts.add(int(f))
+  assert any(f > 25 - 13 for f in starts)   # some windows wrap around the cycle
+  whole = np.asarray(vae_stage.random_window(video, (), 2, jax.random.PRNGKey(0)))
+  np.testing.assert_array_equal(whole, video[:, np.arange(-2, 27) % 25])
 
 
 def test_a_checkpoint_from_before_a_model_field_existed_is_refused_by_name(monkeypatch):

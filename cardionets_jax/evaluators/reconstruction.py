@@ -33,21 +33,24 @@ def scores(cines, truth):
 
 
 def reconstructor(vae):
-  """jit `(params, uint8 cines) -> (reconstruction in [-1, 1], ssim, psnr, latent mean)`: the
-  posterior mean, normalised as the decoder reads it, decoded."""
+  """jit `(params, uint8 cines) -> (reconstruction in [-1, 1], ssim, psnr, ssim_gaussian11,
+  latent mean, squared error per frame (B, F))`: the posterior mean, normalised as the decoder
+  reads it, decoded."""
   def reconstruct(params, video):
     recon, posterior = vae.apply({"params": params}, video, sample=False)
-    recon = jnp.clip(recon, -1.0, 1.0)
-    ssim, psnr, ssim_gaussian = scores(recon, vit.cmr_to_float(video))
-    return recon, ssim, psnr, ssim_gaussian, posterior.mean
+    recon, truth = jnp.clip(recon, -1.0, 1.0), vit.cmr_to_float(video)
+    ssim, psnr, ssim_gaussian = scores(recon, truth)
+    return recon, ssim, psnr, ssim_gaussian, posterior.mean, jnp.mean((recon - truth) ** 2, (2, 3))
   return jax.jit(reconstruct)
 
 
 def heldout(reconstruct, params, data_dir, split, mesh, rules, batch_size=16):
-  """Mean PSNR and SSIM of a split's reconstructions, and the latent's statistics."""
-  (_, ssim, psnr, ssim_gaussian, latent), _ = splits.map_split(
+  """Mean PSNR and SSIM of a split's reconstructions, the mean squared error of each frame (a
+  cine's first and last frames are where its edges show), and the latent's statistics."""
+  (_, ssim, psnr, ssim_gaussian, latent, frame_mse), _ = splits.map_split(
       lambda b: reconstruct(params, b["cmr"]), data_dir, split, ("cmr",), mesh, rules,
       batch_size=batch_size)
   return dict(split=split, psnr=float(np.mean(psnr)), ssim=float(np.mean(ssim)),
               ssim_gaussian11=float(np.mean(ssim_gaussian)), metrics=METRIC_DEFINITIONS,
+              mse_per_frame=[round(float(m), 5) for m in np.mean(frame_mse, axis=0)],
               latent_mean=float(np.mean(latent)), latent_std=float(np.std(latent)), n=int(len(psnr)))

@@ -171,6 +171,17 @@ class DiagonalGaussian:
     return losses.kl_divergence(self.mean, self.logvar)
 
 
+def wrap_cycle(x, frames):
+  """(B, F, ...) -> (B, F + 2 * frames, ...): a gated cine is one RR interval, so its own last
+  `frames` frames come before its first and its first ones after its last."""
+  return jnp.concatenate([x[:, -frames:], x, x[:, :frames]], axis=1) if frames else x
+
+
+def cut_context(x, frames):
+  """(B, F + 2 * frames, ...) -> (B, F, ...): the frames between the context."""
+  return x[:, frames:x.shape[1] - frames] if frames else x
+
+
 def latent_layer_norm(z, eps=1e-5):
   """Each example's latent normalised over all its axes (F', H', W', C); no affine."""
   axes = tuple(range(1, z.ndim))
@@ -250,7 +261,10 @@ class VAE3D(nn.Module):
 
   `quant_convs`: the 1x1x1 convs after the encoder and before the decoder (the release's);
   `latent_norm`: what the decoder is trained on, "layer_norm" (`latent_layer_norm`, the
-  release's) or "none" (the raw sample)."""
+  release's) or "none" (the raw sample). `cyclic_context` c > 0: a whole cine is encoded and
+  decoded with c frames of its own cycle either side (`wrap_cycle`) instead of the convs' zero
+  padding (the release's, c = 0), so that its first and last frames have neighbours; c must be a
+  multiple of the temporal down-sampling factor."""
   base_channels: int = 128
   channel_mult: Sequence[int] = (1, 2, 4, 4)
   num_res_blocks: int = 2
@@ -260,12 +274,18 @@ class VAE3D(nn.Module):
   mid_attention_heads: int = 8
   quant_convs: bool = True
   latent_norm: str = "layer_norm"
+  cyclic_context: int = 0
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
 
   def setup(self):
     if self.latent_norm not in LATENT_NORMS:
       raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {self.latent_norm!r}")
+    factor = _down_factors(self.channel_mult, self.temporal_down)[0]
+    if self.cyclic_context % factor:
+      raise ValueError(f"cyclic_context {self.cyclic_context} must be a multiple of the temporal "
+                       f"down-sampling factor {factor}")
+    self.latent_context = self.cyclic_context // factor
     common = dict(base_channels=self.base_channels, channel_mult=tuple(self.channel_mult),
                   temporal_down=tuple(self.temporal_down),
                   mid_attention_heads=self.mid_attention_heads, dtype=self.dtype,
@@ -282,31 +302,45 @@ class VAE3D(nn.Module):
     return latent_shape(video_shape, self.channel_mult, self.temporal_down, self.latent_channels)
 
   def encode(self, video):
-    """(B, F, H, W) uint8 cine (or float already in [-1, 1]) -> DiagonalGaussian."""
+    """(B, F, H, W) uint8 whole cines (or float already in [-1, 1]) -> DiagonalGaussian."""
+    moments = self._moments(wrap_cycle(video, self.cyclic_context))
+    return DiagonalGaussian.from_moments(cut_context(moments, self.latent_context))
+
+  def _moments(self, video):
     if video.ndim != 4:
       raise ValueError(f"expected a (B, F, H, W) cine, got shape {video.shape}")
     self.latent_shape(video.shape[1:])   # raises on sizes that do not divide
     x = cmr_to_float(video) if video.dtype == jnp.uint8 else video
     moments = self.encoder(x[..., None])
-    if self.quant_convs:
-      moments = self.quant_conv(moments)
-    return DiagonalGaussian.from_moments(moments)
+    return self.quant_conv(moments) if self.quant_convs else moments
 
   def normalize(self, z):
     """A posterior sample (or mean) -> the latent the decoder reads."""
     return decoder_latent(z, self.latent_norm)
 
   def decode(self, z):
-    """A decoder-space latent (B, F', H', W', C) -> (B, F, H, W) float32."""
+    """A whole cine's decoder-space latent (B, F', H', W', C) -> (B, F, H, W) float32."""
+    recon = self._decode(wrap_cycle(z, self.latent_context))
+    return cut_context(recon, self.cyclic_context)
+
+  def _decode(self, z):
     if self.quant_convs:
       z = self.post_quant_conv(z.astype(self.dtype))
     return self.decoder(z)
 
   def __call__(self, video, sample=True):
-    """Returns (recon (B, F, H, W) float32, posterior)."""
-    posterior = self.encode(video)
+    """Whole cines -> (recon (B, F, H, W) float32, posterior)."""
+    return self.window(wrap_cycle(video, self.cyclic_context), sample)
+
+  def window(self, video, sample=True):
+    """A training window: the F frames scored with `cyclic_context` frames of the same cycle
+    either side (B, F + 2c, H, W) -> (recon of the F, their posterior). The decoder reads the
+    window's whole latent, as `decode` reads a whole cine's wrapped one."""
+    moments = self._moments(video)
+    posterior = DiagonalGaussian.from_moments(moments)
     z = posterior.sample(self.make_rng("sample")) if sample else posterior.mode()
-    return self.decode(self.normalize(z)), posterior
+    recon = cut_context(self._decode(self.normalize(z)), self.cyclic_context)
+    return recon, DiagonalGaussian.from_moments(cut_context(moments, self.latent_context))
 
   def flops(self, video_shape):
     return vae_flops(video_shape, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)

@@ -57,6 +57,8 @@ def last_layer_grad(vae_params, last_input, recon_grad):
   """A loss's gradient at the decoder's last conv kernel, from its gradient at the reconstruction
   (B, F, H, W) and that conv's input (sown by the decoder): the conv's vjp, nothing re-run."""
   kernel = nn.unbox(vae_params["decoder"]["conv_out"]["kernel"])
+  context = (last_input.shape[1] - recon_grad.shape[1]) // 2   # frames the loss does not score
+  recon_grad = jnp.pad(recon_grad, ((0, 0), (context, context), (0, 0), (0, 0)))
   _, vjp = jax.vjp(lambda k: conv3d.conv3d_apply(last_input, k.astype(last_input.dtype)), kernel)
   return vjp(recon_grad[..., None].astype(last_input.dtype))[0]
 
@@ -73,6 +75,7 @@ def optimizer_groups(config):
 
 def train_flops_per_example(config):
   """Conv and attention FLOPs of one training example: 3x the VAE forward (the discriminator left out)."""
+  # Counted through `__call__`, which adds the cyclic context frames itself.
   return 3 * vae3d.vae_flops(tuple(config.vae.train_crop) or cmr_shape(config), **model_sizes(config))
 
 
@@ -88,16 +91,24 @@ def perceptual_loss(recon, target):
       "cardionets_jax.stages.vae.perceptual_loss with one")
 
 
-def random_crop(video, crop, rng):
-  """A random (frames, height, width) window of each (B, F, H, W) cine; `crop=()` keeps it whole.
+def random_window(video, crop, context, rng):
+  """A random (frames, height, width) window of each (B, F, H, W) cine, with `context` frames of
+  the same cycle either side in time (`VAE3D.window` scores the middle); `crop=()` keeps the
+  cine whole (wrapped by its own frames when `context`).
 
   The VAE is fully convolutional, so it trains on windows and encodes whole
   cines (as image VAEs train on crops and run at full size): the tiny
   variant's way to fit a CPU.
   """
   if not crop:
-    return video
+    return vae3d.wrap_cycle(video, context)
   crop = tuple(min(c, n) for c, n in zip(crop, video.shape[1:]))  # a small cine is kept whole
+  if context:   # a cycle has no first frame: any may start the window, its context wraps around
+    time_rng, rng = jax.random.split(rng)
+    start = jax.random.randint(time_rng, (video.shape[0], 1), 0, video.shape[1])
+    frames = (start + jnp.arange(crop[0] + 2 * context) - context) % video.shape[1]
+    video = jnp.take_along_axis(video, frames[:, :, None, None], axis=1)
+    crop = (frames.shape[1],) + crop[1:]
   limits = jnp.asarray(video.shape[1:]) - jnp.asarray(crop) + 1
   starts = jax.random.randint(rng, (video.shape[0], 3), 0, limits)
   return jax.vmap(lambda v, s: jax.lax.dynamic_slice(v, tuple(s), crop))(video, starts)
@@ -133,10 +144,10 @@ def make_task(config):
   def loss_fn(params, frozen, batch, rng, step):
     del frozen
     crop_rng, rng = jax.random.split(rng)
-    video = random_crop(batch["cmr"], v.train_crop, crop_rng)
-    target = vit.cmr_to_float(video)
-    (recon, posterior), sown = vae.apply({"params": params["vae"]}, video, rngs={"sample": rng},
-                                         mutable=["intermediates"])
+    window = random_window(batch["cmr"], v.train_crop, vae.cyclic_context, crop_rng)
+    target = vit.cmr_to_float(vae3d.cut_context(window, vae.cyclic_context))
+    (recon, posterior), sown = vae.apply({"params": params["vae"]}, window, method=vae.window,
+                                         rngs={"sample": rng}, mutable=["intermediates"])
     loss, metrics = losses.vae_loss(recon, target, posterior.mean, posterior.logvar, v.kl_weight)
     if v.perceptual_weight > 0:
       loss = loss + v.perceptual_weight * perceptual_loss(recon, target)
@@ -242,8 +253,10 @@ def run(config, context):
   evaluator.figures(state.params, workdir)  # every process computes, process 0 draws
   common.write_results(workdir, "vae", results)
   metrics_lib.log("Held-out reconstruction: PSNR %.2f dB, SSIM %.3f (before training %.2f dB, %.3f); "
-                  "latent mean %.3f std %.3f", final["psnr"], final["ssim"], initial["psnr"],
-                  initial["ssim"], final["latent_mean"], final["latent_std"])
+                  "latent mean %.3f std %.3f; MSE of frame 0 %.4f, of the last %.4f, mean %.4f",
+                  final["psnr"], final["ssim"], initial["psnr"], initial["ssim"],
+                  final["latent_mean"], final["latent_std"], final["mse_per_frame"][0],
+                  final["mse_per_frame"][-1], np.mean(final["mse_per_frame"]))
   return results
 
 
