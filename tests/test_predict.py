@@ -5,12 +5,18 @@ import csv
 import json
 import os
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cardionets_jax import predict
+from cardionets_jax.convert import __main__ as convert
 from cardionets_jax.data import readers
+from cardionets_jax.stages import vae as vae_stage
+from cardionets_jax.train import checkpoint as ckpt_lib
 from tests import fixtures
+from tests.conftest import one_device_mesh, run_in_process, stage_test_config
 
 
 def _rows(out):
@@ -190,7 +196,6 @@ def test_mar_sample_names_stay_in_the_samples_folder(tmp_path):
 def test_screening_with_the_release_classifier_converted(records, tmp_path):
   # The MIMIC cardiomyopathy classifier's layout (tests/golden, written by PyTorch), converted,
   # screens with the release's preprocessing order: one disease, no phenotypes, and why.
-  from cardionets_jax.convert import __main__ as convert
   converted = tmp_path / "release"
   pth = os.path.join(os.path.dirname(__file__), "golden", "release_cm.pth")
   assert convert.main(["--source=release_cm", f"--pth={pth}", f"--out={converted}",
@@ -213,3 +218,47 @@ def test_screening_with_the_release_classifier_converted(records, tmp_path):
   assert abs(other - result["diseases"]["cardiomyopathy"]["probability"]) < 0.02
   rows = _rows(out)
   assert rows["wfdb500"]["p_cardiomyopathy"] and not any(k.startswith("lvef") for k in rows["wfdb500"])
+
+
+def test_a_converted_generator_tokenizes_evaluates_and_screens(trained_workdir, records, tmp_path):
+  # A VAE and a MAR written as `convert` writes the release's files (params-only checkpoints at
+  # step 0), here holding the weights `trained_workdir` trained: tokenize encodes with that VAE,
+  # mar (train.num_steps=0) evaluates the MAR as it is, screening generates with both.
+  converted = tmp_path / "release"
+  mar_ref = str(trained_workdir / "mar" / "checkpoints")
+  _, vae_params, _, vae_config = vae_stage.restore_vae(str(trained_workdir / "vae" / "checkpoints"),
+                                                       one_device_mesh(stage_test_config("vae")))
+  generator = ocp.StandardCheckpointer().restore(
+      str(trained_workdir / "mar" / "artifacts" / "generator"))
+  for source, stage, config, params in (
+      ("release_vae", "vae", vae_config, {"vae": vae_params}),
+      ("release_mar", "mar", ckpt_lib.saved_config(mar_ref), generator["params"])):
+    config.converted_from = dict(source=source, file=f"{stage}.pth", sha256="0")
+    convert.write_stage(source, stage, config, jax.device_get(params), str(converted),
+                        dict(pth=f"{stage}.pth", sha256="0", mapped=[], unused=[]))
+  os.symlink(trained_workdir / "data", converted / "data")   # the same cohort
+  tokenize = stage_test_config("tokenize")
+  tokenize.init.align = str(trained_workdir / "align" / "checkpoints")
+  run_in_process(tokenize, converted)
+  mar = stage_test_config("mar", num_steps=0)
+  mar.init.mae = str(trained_workdir / "mae" / "checkpoints")
+  wrong = mar.copy_and_resolve_references()
+  wrong.model.width = 64
+  with pytest.raises(ValueError, match=r"converted from mar\.pth.*model\.width: 32 -> 64"):
+    run_in_process(wrong, converted)
+  results = run_in_process(mar, converted)
+  assert results["step"] == 0 and results["sources"]["vae"] == f"{converted}/vae/checkpoints/0"
+  with open(trained_workdir / "mar" / "results.json") as f:
+    trained = json.load(f)["heldout_test"]
+  # The same weights, tokens and sampling keys as the run that trained them: the same cines.
+  for name in ("own_ecg", "shuffled_ecg", "ecg_ridge", "vae_reconstruction"):
+    np.testing.assert_allclose(results["heldout_test"][name]["ssim"]["value"],
+                               trained[name]["ssim"]["value"], rtol=1e-5, err_msg=name)
+  out = tmp_path / "out"
+  assert predict.run(predict.parse_args([
+      f"--workdir={trained_workdir}", f"--generator-workdir={converted}", "--ecg",
+      records["folder"], f"--out={out}", "--batch-size=4"])) == 0
+  result = json.loads((out / "wfdb500.json").read_text())
+  assert result["models"]["mar"]["checkpoint"].startswith(str(converted))
+  assert result["models"]["vae"]["checkpoint"] == f"{converted}/vae/checkpoints/0"
+  assert readers.read_cmr(str(out / "wfdb500.nii.gz")).shape == (8, 16, 16)

@@ -200,7 +200,7 @@ def convert(source, pth, out, num_heads=None):
   report.update(pth=os.path.abspath(pth), sha256=_sha256(pth))
   config.converted_from = ml_collections.ConfigDict(dict(source=source, file=os.path.basename(pth),
                                                          sha256=report["sha256"]))
-  _write(source, stage, config, params, out, report)
+  write_stage(source, stage, config, params, out, report)
   return report
 
 
@@ -212,7 +212,9 @@ def _sha256(path):
   return digest.hexdigest()
 
 
-def _write(source, stage, config, params, out, report):
+def write_stage(source, stage, config, params, out, report):
+  """Writes `params` as the finished `stage` of the workdir `out`, laid out as a stage run leaves
+  it (the checkpoint at step 0 holds params only; `config.converted_from` says where from)."""
   from cardionets_jax.train import checkpoint as ckpt_lib
   from cardionets_jax.workdir import Workdir, write_json
   workdir = Workdir(out)

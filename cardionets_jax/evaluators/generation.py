@@ -42,6 +42,15 @@ METRICS = reconstruction.METRICS
 RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
+def fixed_batches(n, batch):
+  """(start, valid, pad) for each batch of `n` rows, where `pad(x)` is that batch's rows of x with
+  the last one repeated up to `batch`: every call sees one shape, so it compiles once."""
+  for start in range(0, n, batch):
+    valid = min(batch, n - start)
+    yield start, valid, lambda x, s=start, v=valid: np.concatenate(
+        [x[s:s + v], np.repeat(x[s + v - 1:s + v], batch - v, 0)])
+
+
 def shuffled(x):
   """Every subject paired with another's row: the same pairing for every shuffled control."""
   return x[np.roll(np.arange(len(x)), len(x) // 2)]
@@ -91,10 +100,9 @@ class GenerationEvaluator:
     predict, alpha, val_mse = evaluate.fit_ridge_map(fit, select, RIDGE_ALPHAS)
 
     def decode(latents):
-      batch, n = self.config.eval.batch_size, len(latents)
-      padded = np.concatenate([latents, np.repeat(latents[-1:], -n % batch, 0)])  # one compile
-      return np.concatenate([np.asarray(self._decode(self.vae_params, jnp.asarray(chunk)))
-                             for chunk in np.split(padded, len(padded) // batch)])[:n]
+      return np.concatenate([
+          np.asarray(self._decode(self.vae_params, jnp.asarray(pad(latents))))[:valid]
+          for _, valid, pad in fixed_batches(len(latents), self.config.eval.batch_size)])
 
     cines = {name: decode(predict(x).astype(np.float32))
              for name, x in zip(BASELINES, (embeddings, shuffled(embeddings)))}
@@ -132,11 +140,7 @@ class GenerationEvaluator:
     out = {k: [] for k in conditions + (("vae_reconstruction",) if reconstruct else ())}
     progress = metrics_lib.Progress(len(conditions) * -(-n // e.batch_size), e.batch_size)
     with mesh_lib.active(t.mesh, t.rules):
-      for start in range(0, n, e.batch_size):
-        valid = min(e.batch_size, n - start)
-        pad = lambda x: np.concatenate([x[start:start + valid],
-                                        np.repeat(x[start + valid - 1:start + valid],
-                                                  e.batch_size - valid, 0)])
+      for start, valid, pad in fixed_batches(n, e.batch_size):
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), start)
         for name in conditions:
           cine = self._generate(params, state.frozen, self.vae_params,

@@ -75,6 +75,7 @@ class Trainer:
     self.data_dir, self.task = data_dir, task
     self.stage_dir = workdir.stage_dir(stage, run)
     self.checkpoint_dir = workdir.checkpoints(stage, run)
+    self.converted = self._converted_checkpoint()   # checked before anything compiles
     self.program = program_lib.build(config, task, mesh)
     self.mesh, self.rules = self.program.mesh, self.program.rules
     self.shardings = self.program.shardings
@@ -112,6 +113,9 @@ class Trainer:
         subset=self.task.subset)
 
   def _resume(self, ckpt, data_iter):
+    if self.converted:
+      self._start_from_converted(self.converted)
+      return
     abstract = ckpt_lib.abstract_with_shardings(self.state, self.shardings)
     state, progress, step = ckpt.restore_latest(
         abstract, data_iter, self.workdir.quarantine(self.stage, self.run))
@@ -124,6 +128,35 @@ class Trainer:
         logging.warning("Resuming %s/%d with a config that differs from the one it was saved "
                         "with in %d field(s): %s", self.checkpoint_dir, step, len(changes),
                         "; ".join(changes))
+
+  def _converted_checkpoint(self):
+    """The latest checkpoint when `convert` wrote it (params only, no optimizer or data state),
+    else None; a ValueError naming the fields when its model is not this run's."""
+    latest = ckpt_lib.latest_step(self.checkpoint_dir)
+    if latest is None:
+      return None
+    reference = f"{self.checkpoint_dir}/{latest}"
+    saved = ckpt_lib.saved_config(reference)
+    if "converted_from" not in saved:
+      return None
+    changes = ckpt_lib.config_changes(saved.model, self.config.model)
+    if changes:
+      raise ValueError(
+          f"{reference} holds weights converted from {saved.converted_from.file}, whose model "
+          f"differs from this run's config.model in {len(changes)} field(s): {'; '.join(changes)}."
+          f" Run at the sizes it was converted at (configs/{self.stage}.py:variant="
+          f"{saved.variant}) or override those fields")
+    return reference
+
+  def _start_from_converted(self, reference):
+    """Training starts from converted weights at step 0 with a fresh optimizer state;
+    `train.num_steps=0` evaluates them as they are."""
+    abstract = ckpt_lib.abstract_with_shardings(self.state.params, self.shardings.params)
+    params, _ = ckpt_lib.restore_subtree(reference, ("params",), abstract)
+    self.state = self.program.restart_from(self.state, params)
+    metrics_lib.log("Starting from the weights converted from %s (%s): step 0, a fresh optimizer "
+                    "state; train.num_steps=%d", ckpt_lib.saved_config(reference).converted_from.file,
+                    reference, self.config.train.num_steps)
 
   def fit(self, on_eval: Optional[Callable] = None, early_stopping: Optional[EarlyStopping] = None):
     """Trains to config.train.num_steps, resuming from the latest checkpoint.

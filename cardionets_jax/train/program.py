@@ -43,6 +43,15 @@ class Program:
                                     sharding=self.batch_shardings[k])
             for k, (shape, dtype) in self.spec.items()}
 
+  def restart_from(self, state, params):
+    """`state` with `params` put in and a fresh optimizer state built on them (its EMA, where
+    kept, starts at `params`), at step 0: training from weights another framework trained."""
+    def restart(state, params):
+      return state.replace(step=jnp.zeros_like(state.step), params=params,
+                           opt_state=self.tx.init(params))
+    with mesh_lib.active(self.mesh, self.rules):
+      return jax.jit(restart, out_shardings=self.shardings, donate_argnums=(0,))(state, params)
+
   def init_state(self, seed):
     """The state built straight into its shardings: no host ever holds the whole model."""
     with mesh_lib.active(self.mesh, self.rules):
