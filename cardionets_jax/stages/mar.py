@@ -9,6 +9,7 @@ shuffled one and none, against the true cines).
 
 import functools
 import logging
+import os
 import time
 
 import jax
@@ -294,7 +295,10 @@ def run(config, context):
 
 def write_curve(workdir, split):
   """mar/curve.png: the validation figures of `on_eval` against training steps."""
-  rows = [m for m in metrics_lib.read_metrics(workdir.file("mar", "metrics.jsonl"))
+  path = workdir.file("mar", "metrics.jsonl")
+  if not os.path.exists(path):   # nothing trained here (converted weights, evaluated as they are)
+    return
+  rows = [m for m in metrics_lib.read_metrics(path)
           if m.get("split") == "val" and "ssim_own_minus_shuffled" in m]
   if not rows:
     return

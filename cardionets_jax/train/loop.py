@@ -139,7 +139,7 @@ class Trainer:
     saved = ckpt_lib.saved_config(reference)
     if "converted_from" not in saved:
       return None
-    changes = ckpt_lib.config_changes(saved.model, self.config.model)
+    changes = [f"model.{c}" for c in ckpt_lib.config_changes(saved.model, self.config.model)]
     if changes:
       raise ValueError(
           f"{reference} holds weights converted from {saved.converted_from.file}, whose model "
