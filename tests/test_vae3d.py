@@ -48,9 +48,9 @@ def attention_params(c):
 
 
 def vae_params(base_channels, channel_mult, num_res_blocks, decoder_res_blocks, latent_channels,
-               temporal_down, mid_attention_heads, quant_convs, latent_norm):
+               temporal_down, mid_attention_heads, quant_convs, latent_norm, cyclic_context=0):
   """(encoder, decoder, quant convs) parameter counts of the layout in vae3d's docstring."""
-  del latent_norm
+  del latent_norm, cyclic_context
   chans = [base_channels * m for m in channel_mult]
   mid = lambda c: 2 * res_params(c, c) + (attention_params(c) if mid_attention_heads else 0)
   enc, c = conv_params(27, 1, base_channels), base_channels
@@ -73,11 +73,13 @@ def vae_params(base_channels, channel_mult, num_res_blocks, decoder_res_blocks, 
 
 
 def vae_flops(video_shape, base_channels, channel_mult, num_res_blocks, decoder_res_blocks,
-              latent_channels, temporal_down, mid_attention_heads, quant_convs, latent_norm):
+              latent_channels, temporal_down, mid_attention_heads, quant_convs, latent_norm,
+              cyclic_context=0):
   """Forward FLOPs by hand: 2 * out voxels * kernel volume * c_in * c_out per conv, plus
-  2 * 2 * N^2 * C per attention."""
+  2 * 2 * N^2 * C per attention; the cyclic context frames are run like the cine's own."""
   del latent_norm
   size, flops = list(video_shape), []
+  size[0] += 2 * cyclic_context
   voxels = lambda: int(np.prod(size))
   conv = lambda k, ci, co: flops.append(2 * voxels() * k * ci * co)
 
@@ -216,7 +218,8 @@ def test_sizes_that_do_not_divide_raise():
 
 def test_vae_flops_counts_every_conv_and_attention_by_hand():
   for sizes, video in ((SMALL, SMALL_VIDEO), (TINY, (16, 32, 32)), (BASE, (50, 96, 96)),
-                       (dict(SMALL, mid_attention_heads=0, quant_convs=False), SMALL_VIDEO)):
+                       (dict(SMALL, mid_attention_heads=0, quant_convs=False), SMALL_VIDEO),
+                       (dict(SMALL, cyclic_context=2), SMALL_VIDEO)):
     assert vae3d.VAE3D(**sizes).flops(video) == vae_flops(video, **sizes)
 
 
@@ -326,9 +329,10 @@ def test_cyclic_context_gives_the_first_frame_the_cycles_last_as_neighbours():
   with pytest.raises(ValueError, match="multiple of the temporal down-sampling factor 2"):
     vae3d.VAE3D(**sizes, cyclic_context=3).init(jax.random.PRNGKey(0), video, sample=False)
   zeros, cyclic = vae3d.VAE3D(**sizes), vae3d.VAE3D(**sizes, cyclic_context=2)
-  params = {"params": cyclic.init(jax.random.PRNGKey(0), video, sample=False)["params"]}
-  mean = lambda m, v: m.apply(params, v, method=m.encode).mean
-  decode = lambda m, z: m.apply(params, z, method=m.decode)
+  init = jax.jit(lambda r: cyclic.init(r, video, sample=False)["params"])   # one program, not op by op
+  params = {"params": init(jax.random.PRNGKey(0))}
+  mean = jax.jit(lambda m, v: m.apply(params, v, method=m.encode).mean, static_argnums=0)
+  decode = jax.jit(lambda m, z: m.apply(params, z, method=m.decode), static_argnums=0)
   # The same weights; the cine's frames 10, 11 before frame 0 and 0, 1 after frame 11, in place
   # of zeros, cut back out (1 latent frame each side at time halved).
   z = mean(cyclic, video)
@@ -339,9 +343,9 @@ def test_cyclic_context_gives_the_first_frame_the_cycles_last_as_neighbours():
                              rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(z - mean(zeros, video)).max()) > 1e-3
   # A whole cine is the training window of itself wrapped by its own frames.
-  recon, post = cyclic.apply(params, wrapped, False, method=cyclic.window)
+  recon, post = jax.jit(lambda v: cyclic.apply(params, v, False, method=cyclic.window))(wrapped)
   np.testing.assert_allclose(post.mean, z, rtol=1e-5, atol=1e-6)
-  whole, _ = cyclic.apply(params, video, sample=False)
+  whole = jax.jit(lambda v: cyclic.apply(params, v, sample=False)[0])(video)
   np.testing.assert_allclose(recon, whole, rtol=1e-5, atol=1e-6)
   assert recon.shape == video.shape
 
