@@ -6,7 +6,9 @@
 Prints one JSON line: step time (compilation excluded), samples/s, analytic
 TFLOP per step, achieved TFLOP/s, and its ratio to the device's dense-matmul
 throughput: the chip's peak on an accelerator (MFU), a measured float32
-matmul on CPU.
+matmul on CPU; and the same-process float32 2048^3 matmul rate measured right
+before and right after the stage (`roofline_ratio`: achieved over their mean), since a shared
+machine's speed drifts.
 """
 
 import json
@@ -52,26 +54,42 @@ def device_peak_tflops():
   return measured_matmul_tflops() * jax.device_count(), f"{kind} measured float32 matmul"
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
+def compiled_step(config):
+  """(compiled step, run(n) -> seconds per step, info) for `config`'s train step on a random
+  batch: `run` calls the compiled step `n` times on the running state."""
   stage = stages.get(config.stage)
   program = program_lib.build(config, stage.task(config))
   mesh, rules = program.mesh, program.rules
-  state = program.init_state(config.seed)
+  holder = dict(state=program.init_state(config.seed))
   batch = program_lib.random_batch(program.spec, config.train.batch_size)
   with mesh_lib.active(mesh, rules):
     batch = mesh_lib.global_batch(batch, mesh, rules)
     start = time.perf_counter()
-    compiled = program.step.lower(state, batch).compile()
+    compiled = program.step.lower(holder["state"], batch).compile()
     compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(_STEPS.value):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    step_time = (time.perf_counter() - start) / _STEPS.value
+
+  def run(n):
+    with mesh_lib.active(mesh, rules):
+      start = time.perf_counter()
+      for _ in range(n):
+        holder["state"], metrics = compiled(holder["state"], batch)
+      jax.block_until_ready((holder["state"], metrics))
+    return (time.perf_counter() - start) / n
+
+  info = dict(stage=stage, compile_s=compile_s,
+              params=state_lib.param_count(program.abstract_params))
+  return compiled, run, info
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  roofline_before = measured_matmul_tflops()
+  compiled, run, info = compiled_step(config)
+  stage, compile_s = info["stage"], info["compile_s"]
+  run(1)  # warm-up
+  step_time = run(_STEPS.value)
+  roofline_after = measured_matmul_tflops()
 
   tflop = stage.train_flops(config) * config.train.batch_size / 1e12
   achieved = tflop / step_time
@@ -80,11 +98,13 @@ def main(argv):
   print(json.dumps(dict(
       stage=config.stage, variant=config.variant, devices=jax.device_count(),
       device_kind=jax.devices()[0].device_kind, batch_size=config.train.batch_size,
-      compute_dtype=config.train.compute_dtype, params=state_lib.param_count(program.abstract_params),
+      compute_dtype=config.train.compute_dtype, params=info["params"],
       compile_s=round(compile_s, 2), step_time_s=step_time,
       samples_per_s=config.train.batch_size / step_time, tflop_per_step=tflop,
       achieved_tflops=achieved, reference_tflops=peak, reference=peak_source,
-      utilisation=achieved / peak,
+      utilisation=achieved / peak, matmul_tflops_before=roofline_before,
+      matmul_tflops_after=roofline_after,
+      roofline_ratio=achieved / (0.5 * (roofline_before + roofline_after)),
       temp_bytes_per_device=getattr(memory, "temp_size_in_bytes", None),
       argument_bytes_per_device=getattr(memory, "argument_size_in_bytes", None))))
 

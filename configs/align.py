@@ -32,6 +32,7 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict(MODELS[arg.variant])
   config.model.num_samples = 2250        # the 9 s crop the encoder sees
   config.model.update(ECG_ENCODER)
+  config.model.update(common.STACK)
   config.model.embed_dim = 256           # shared ECG/CMR space
 
   config.align = ml_collections.ConfigDict(dict(

@@ -24,7 +24,15 @@ LOGICAL_AXIS_RULES = (
     ("kv", None),
     ("patch", None),
     ("seq", None),
+    ("layers", None),     # the stacked blocks of a scanned transformer (model.scan_layers)
 )
+
+
+# How the transformer blocks run (models/layers.py, Stack): `scan_layers` compiles one block for the
+# whole stack (faster compiles of deep stacks; the params are stacked, so a checkpoint keeps the
+# layout it was trained with); `remat` "full" or "dots" recomputes activations in the backward
+# pass (the base batches that do not fit in memory otherwise: README, AOT table).
+STACK = dict(scan_layers=False, remat="none")
 
 
 def parse_arg(arg, **defaults):

@@ -27,6 +27,7 @@ def get_config(arg=None):
   config = common.base_config("mae", arg.variant)
 
   config.model = ml_collections.ConfigDict(MODELS[arg.variant])
+  config.model.update(common.STACK)
   # Frames per patch: None stacks all frames as channels (the release's
   # default); `tube=True` gives the 3D variant with (10, p, p) tube patches.
   config.model.patch_frames = 10 if arg.tube else None

@@ -51,6 +51,7 @@ def get_config(arg=None):
       MODELS[arg.variant], patch=PATCHES[arg.variant],
       cond_activation="none",   # between the condition's two linear layers (the release: none)
       inner_dropout=True))      # dropout on attention weights and MLP hidden units too (timm)
+  config.model.update(common.STACK)
   config.mar = ml_collections.ConfigDict(dict(
       min_mask_ratio=0.7,       # mask ratio ~ normal(1.0, 0.25) truncated to [0.7, 1.0]
       mask_ratio_mean=1.0,

@@ -32,6 +32,7 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict(align_configs.MODELS[arg.variant])
   config.model.num_samples = 2250
   config.model.update(align_configs.ECG_ENCODER)
+  config.model.update(common.STACK)
   config.model.update(DECODERS[arg.variant])
 
   config.stmem = ml_collections.ConfigDict(dict(

@@ -112,6 +112,7 @@ class EcgEncoder(nn.Module):
   patch_norm: bool = True         # LayerNorms before and after the patch embedding
   pool: str = "mean_then_norm"    # see POOLS
   dtype: Any = jnp.float32
+  stack: layers.Stack = layers.Stack()   # scan / remat of the transformer blocks
 
   @property
   def num_patches(self):
@@ -137,7 +138,8 @@ class EcgEncoder(nn.Module):
     self.embed_dropout = nn.Dropout(self.dropout)
     self.transformer = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dropout,
                                           dtype=self.dtype, norm_eps=self.norm_eps,
-                                          exact_gelu=self.exact_gelu, final_norm=False)
+                                          exact_gelu=self.exact_gelu, final_norm=False,
+                                          stack=self.stack)
     self.ln_final = layers.layer_norm(self.dtype, eps=self.norm_eps)
 
   def _check(self, ecg):

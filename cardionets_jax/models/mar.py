@@ -76,6 +76,7 @@ class MAR(nn.Module):
                                   # release) or "gelu"
   inner_dropout: bool = True      # dropout also on attention weights and MLP hidden units (timm)
   dtype: Dtype = jnp.float32
+  stack: layers.Stack = layers.Stack()   # scan / remat of the encoder's and decoder's blocks
 
   def setup(self):
     if self.cond_activation not in COND_ACTIVATIONS:
@@ -91,14 +92,15 @@ class MAR(nn.Module):
                                  ("seq", "embed"))
     self.token_ln = layers.layer_norm(self.dtype, "token_ln")
     self.encoder = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dropout,
-                                      self.dtype, inner_dropout=self.inner_dropout, name="encoder")
+                                      self.dtype, inner_dropout=self.inner_dropout, stack=self.stack,
+                                      name="encoder")
     self.decoder_proj = dense(self.decoder_width, ("embed", "mlp"), "decoder_proj")
     self.mask_token = embedding("mask_token", (self.decoder_width,), ("embed",))
     self.decoder_pos = embedding("decoder_pos", (self.buffer_size + self.seq_len, self.decoder_width),
                                  ("seq", "embed"))
     self.decoder = layers.Transformer(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim,
                                       self.dropout, self.dtype, inner_dropout=self.inner_dropout,
-                                      name="decoder")
+                                      stack=self.stack, name="decoder")
     self.diffusion_pos = embedding("diffusion_pos", (self.seq_len, self.decoder_width), ("seq", "embed"))
     self.head = diffusion.DiffusionHead(self.head_width, self.head_depth, 2 * self.token_dim,
                                         dtype=self.dtype, name="head")

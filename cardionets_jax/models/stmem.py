@@ -59,7 +59,7 @@ class StMem(nn.Module):
         (None, "seq", "embed"))
     self.decoder = layers.Transformer(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim,
                                       dtype=self.dtype, norm_eps=enc.norm_eps,
-                                      exact_gelu=enc.exact_gelu)
+                                      exact_gelu=enc.exact_gelu, stack=enc.stack)
     self.predict = layers.logical_dense(enc.patch_size, ("embed", "patch"), dtype=self.dtype)
 
   def _masking(self, b, num_leads, n):

@@ -69,6 +69,7 @@ class CmrEncoder(nn.Module):
   norm_eps: float = 1e-6          # timm's ViT
   exact_gelu: bool = True
   dtype: Any = jnp.float32
+  stack: layers.Stack = layers.Stack()   # scan / remat of the transformer blocks
 
   @property
   def patch(self):
@@ -87,7 +88,8 @@ class CmrEncoder(nn.Module):
     # timm's cls_token with its position embedding (pos_embed[:, 0]) folded in.
     self.cls = layers.learned_embedding(self, "cls", (1, 1, self.width), (None, None, "embed"))
     self.transformer = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, dtype=self.dtype,
-                                          norm_eps=self.norm_eps, exact_gelu=self.exact_gelu)
+                                          norm_eps=self.norm_eps, exact_gelu=self.exact_gelu,
+                                          stack=self.stack)
 
   def embed(self, video):
     """uint8 cine -> position-embedded patch tokens (B, N, width)."""
@@ -127,7 +129,7 @@ class MaskedAutoencoder(nn.Module):
         self, "decoder_pos_embed", (1, enc.num_patches + 1, self.decoder_width), (None, "seq", "embed"))
     self.decoder = layers.Transformer(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim,
                                       dtype=self.dtype, norm_eps=enc.norm_eps,
-                                      exact_gelu=enc.exact_gelu)
+                                      exact_gelu=enc.exact_gelu, stack=enc.stack)
     self.predict = layers.logical_dense(patch_dim, ("embed", "patch"), dtype=self.dtype)
 
   def __call__(self, video, train=False):

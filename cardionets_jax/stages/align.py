@@ -62,7 +62,8 @@ def build_ecg_encoder(config, dtype=jnp.float32):
   return ecg_models.EcgEncoder(num_samples=m.num_samples, patch_size=m.patch_size, width=m.width,
                                depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
                                norm_eps=m.norm_eps, exact_gelu=m.exact_gelu,
-                               patch_norm=m.patch_norm, pool=m.pool, dtype=dtype)
+                               patch_norm=m.patch_norm, pool=m.pool, dtype=dtype,
+                               stack=layers.Stack.of(m))
 
 
 def build_model(config):

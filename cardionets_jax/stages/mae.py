@@ -32,7 +32,7 @@ def build_encoder(config, dtype=jnp.float32):
       num_frames=config.data.cmr_frames, image_size=config.data.cmr_size, patch_size=m.patch_size,
       width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
       patch_frames=m.patch_frames, pool=m.pool, norm_eps=m.norm_eps, exact_gelu=m.exact_gelu,
-      dtype=dtype)
+      dtype=dtype, stack=layers.Stack.of(m))
 
 
 def restore_encoder(reference, mesh):

@@ -24,6 +24,7 @@ from cardionets_jax import plots
 from cardionets_jax.evaluators import generation
 from cardionets_jax.evaluators import splits
 from cardionets_jax.models import diffusion
+from cardionets_jax.models import layers
 from cardionets_jax.models import mar as mar_lib
 from cardionets_jax.models import vae3d
 from cardionets_jax.stages import common
@@ -60,7 +61,7 @@ def build_model(config, latent_shape):
       decoder_heads=m.decoder_heads, decoder_mlp_dim=m.decoder_mlp_dim,
       buffer_size=m.buffer_size, dropout=m.dropout, head_width=m.head_width,
       head_depth=m.head_depth, cond_activation=m.cond_activation, inner_dropout=m.inner_dropout,
-      dtype=jnp.dtype(config.train.compute_dtype))
+      dtype=jnp.dtype(config.train.compute_dtype), stack=layers.Stack.of(m))
 
 
 def example_spec(latent_shape, embed_dim):
