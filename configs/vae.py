@@ -52,6 +52,7 @@ def get_config(arg=None):
     raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {arg.loss!r}")
   config = common.base_config("vae", arg.variant)
   config.model = ml_collections.ConfigDict(MODELS[arg.variant])
+  config.model.remat = "none"  # "full": recompute each ResBlock in the backward pass (v5e:8x8, README)
   config.vae = ml_collections.ConfigDict(dict(
       kl_weight=1e-6,
       adv_weight=0.05,         # hinge GAN term from a 3D patch discriminator ...

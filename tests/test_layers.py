@@ -52,3 +52,25 @@ def test_masked_keys_get_no_weight_and_no_gradient():
   ref_dk = jax.grad(lambda k: jnp.sum(jnp.sin(jax.nn.dot_product_attention(
       q, k, v, mask=mask[:, None, None, :]))))(k)
   np.testing.assert_allclose(dk, ref_dk, atol=1e-5)
+
+
+def test_rematted_vae_equals_the_plain_one():
+  from cardionets_jax.models import vae3d
+  sizes = dict(base_channels=4, channel_mult=(1, 2), num_res_blocks=1, decoder_res_blocks=2,
+               latent_channels=2, temporal_down=(True,), mid_attention_heads=2)
+  video = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 8, 8), minval=-1, maxval=1)
+  plain = vae3d.VAE3D(**sizes)
+  params = nn.meta.unbox(plain.init(jax.random.PRNGKey(0), video, sample=False)["params"])
+
+  def loss_and_grads(model):
+    loss = lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, video, sample=False)[0] - video))
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  loss, grads = loss_and_grads(plain)
+  remat = vae3d.VAE3D(**sizes, remat="full")
+  remat_loss, remat_grads = loss_and_grads(remat)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads,
+               grads)
+  assert np.abs(grads["decoder"]["conv_out"]["kernel"]).max() > 0
+  assert remat.flops((4, 8, 8)) == plain.flops((4, 8, 8))

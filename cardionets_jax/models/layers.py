@@ -170,6 +170,13 @@ REMAT_POLICIES = {
 }
 
 
+def rematted(module_cls, remat, **kw):
+  """`module_cls`, or it under `nn.remat` with REMAT_POLICIES[remat] (`kw`: nn.remat's)."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
+  return module_cls if remat == "none" else nn.remat(module_cls, policy=REMAT_POLICIES[remat], **kw)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stack:
   """How a `Transformer` runs its blocks: `scan` as one `nn.scan` (MaxText's `scan_layers`),
@@ -203,7 +210,7 @@ class Transformer(nn.Module):
   instead of `depth`, and the parameters are stacked along a leading "layers" axis under
   `blocks/block` (`stack_blocks` converts an unrolled tree). `stack.remat` (REMAT_POLICIES) recomputes
   each block's activations in the backward pass instead of storing them, for batches that do not
-  fit. Both change memory and compile time, never the numbers (tests/test_models.py).
+  fit. Both change memory and compile time, never the numbers (tests/test_layers.py).
   """
   depth: int
   num_heads: int
@@ -220,21 +227,17 @@ class Transformer(nn.Module):
   def __call__(self, x, train=False, mask=None, normalize=True):
     """mask: optional (B, S) boolean key mask, see `Attention`."""
     scan, remat = self.stack.scan, self.stack.remat
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
     block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
                  dtype=self.dtype, norm_eps=self.norm_eps, exact_gelu=self.exact_gelu,
                  inner_dropout=self.inner_dropout)
-    policy = REMAT_POLICIES[remat]
     if scan:
-      cls = _ScannedBlock if remat == "none" else nn.remat(_ScannedBlock, policy=policy)
-      blocks = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      blocks = nn.scan(rematted(_ScannedBlock, remat), variable_axes={"params": 0},
+                       split_rngs={"params": True, "dropout": True},
                        in_axes=nn.broadcast, length=self.depth,
                        metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = blocks(block, train, name="blocks")(x, mask)
     else:
-      cls = EncoderBlock if remat == "none" else nn.remat(EncoderBlock, policy=policy,
-                                                               static_argnums=(2,))
+      cls = rematted(EncoderBlock, remat, static_argnums=(2,))
       for i in range(self.depth):
         x = cls(**block, name=f"block{i}")(x, train, mask)
     if self.final_norm and normalize:

@@ -153,7 +153,9 @@ class MAR(nn.Module):
     noise), which trains the cheap head on more samples per transformer pass.
     """
     z = self(tokens, embedding, cond_keep, known_idx, known_valid, train)
-    rows = lambda x: jnp.tile(x.reshape((-1,) + x.shape[2:]), (diffusion_mul,) + (1,) * (x.ndim - 2))
+    rows = lambda x: layers.constrain(
+        jnp.tile(x.reshape((-1,) + x.shape[2:]), (diffusion_mul,) + (1,) * (x.ndim - 2)),
+        "batch", *(None,) * (x.ndim - 2))
     per_row = diffusion.training_losses(
         sched, lambda x_t, t: self.denoise(x_t, t, rows(z)), rows(tokens), rng)
     weight = rows(mask.astype(jnp.float32))

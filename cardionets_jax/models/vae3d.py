@@ -34,6 +34,7 @@ from flax import struct
 
 from cardionets_jax import losses
 from cardionets_jax.models import conv3d
+from cardionets_jax.models import layers
 from cardionets_jax.models.conv3d import ConvBlock, conv, constrain, group_norm
 from cardionets_jax.models.vit import cmr_to_float
 
@@ -80,13 +81,12 @@ class MidAttention3D(ConvBlock):
 
 def _mid(module, h):
   """ResBlock, attention (when `mid_attention_heads`), ResBlock at the latent resolution."""
-  c = h.shape[-1]
-  h = ResBlock3D(features=c, dtype=module.dtype, conv_impl=module.conv_impl, name="mid_block1")(h)
+  c, block = h.shape[-1], layers.rematted(ResBlock3D, module.remat)
+  h = block(features=c, dtype=module.dtype, conv_impl=module.conv_impl, name="mid_block1")(h)
   if module.mid_attention_heads:
     h = MidAttention3D(num_heads=module.mid_attention_heads, dtype=module.dtype,
                        conv_impl=module.conv_impl, name="mid_attention")(h)
-  return ResBlock3D(features=c, dtype=module.dtype, conv_impl=module.conv_impl,
-                    name="mid_block2")(h)
+  return block(features=c, dtype=module.dtype, conv_impl=module.conv_impl, name="mid_block2")(h)
 
 
 class Downsample3D(ConvBlock):
@@ -211,15 +211,16 @@ class Encoder3D(ConvBlock):
   latent_channels: int
   temporal_down: Sequence[bool]
   mid_attention_heads: int
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x):
     _check_levels(self.channel_mult, self.temporal_down)
-    last = len(self.channel_mult) - 1
+    last, block = len(self.channel_mult) - 1, layers.rematted(ResBlock3D, self.remat)
     h = constrain(conv(self, self.base_channels, name="conv_in")(x.astype(self.dtype)))
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
-        h = ResBlock3D(features=self.base_channels * mult, dtype=self.dtype,
+        h = block(features=self.base_channels * mult, dtype=self.dtype,
                        conv_impl=self.conv_impl, name=f"down{level}_block{i}")(h)
       if level < last:
         h = Downsample3D(temporal=bool(self.temporal_down[level]), dtype=self.dtype,
@@ -237,15 +238,17 @@ class Decoder3D(ConvBlock):
   decoder_res_blocks: int
   temporal_down: Sequence[bool]
   mid_attention_heads: int
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, z):
     _check_levels(self.channel_mult, self.temporal_down)
     top = self.base_channels * self.channel_mult[-1]
+    block = layers.rematted(ResBlock3D, self.remat)
     h = _mid(self, constrain(conv(self, top, name="conv_in")(z.astype(self.dtype))))
     for level in reversed(range(len(self.channel_mult))):
       for i in range(self.decoder_res_blocks):
-        h = ResBlock3D(features=self.base_channels * self.channel_mult[level], dtype=self.dtype,
+        h = block(features=self.base_channels * self.channel_mult[level], dtype=self.dtype,
                        conv_impl=self.conv_impl, name=f"up{level}_block{i}")(h)
       if level > 0:   # undoes the encoder's down-sampling after level - 1
         h = Upsample3D(temporal=bool(self.temporal_down[level - 1]), dtype=self.dtype,
@@ -264,7 +267,8 @@ class VAE3D(nn.Module):
   release's) or "none" (the raw sample). `cyclic_context` c > 0: a whole cine is encoded and
   decoded with c frames of its own cycle either side (`wrap_cycle`) instead of the convs' zero
   padding (the release's, c = 0), so that its first and last frames have neighbours; c must be a
-  multiple of the temporal down-sampling factor."""
+  multiple of the temporal down-sampling factor. `remat` (models/layers.py REMAT_POLICIES)
+  recomputes each ResBlock's activations in the backward pass instead of storing them."""
   base_channels: int = 128
   channel_mult: Sequence[int] = (1, 2, 4, 4)
   num_res_blocks: int = 2
@@ -275,6 +279,7 @@ class VAE3D(nn.Module):
   quant_convs: bool = True
   latent_norm: str = "layer_norm"
   cyclic_context: int = 0
+  remat: str = "none"
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
 
@@ -288,8 +293,8 @@ class VAE3D(nn.Module):
     self.latent_context = self.cyclic_context // factor
     common = dict(base_channels=self.base_channels, channel_mult=tuple(self.channel_mult),
                   temporal_down=tuple(self.temporal_down),
-                  mid_attention_heads=self.mid_attention_heads, dtype=self.dtype,
-                  conv_impl=self.conv_impl)
+                  mid_attention_heads=self.mid_attention_heads, remat=self.remat,
+                  dtype=self.dtype, conv_impl=self.conv_impl)
     self.encoder = Encoder3D(latent_channels=self.latent_channels,
                              num_res_blocks=self.num_res_blocks, **common)
     self.decoder = Decoder3D(decoder_res_blocks=self.decoder_res_blocks, **common)
