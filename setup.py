@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "matplotlib>=3.9",
     "imageio>=2.30",  # GIFs of cines
+    "scikit-learn>=1.5",  # t-SNE of the ECG embeddings (evaluators/embeddings.py)
 ]
 
 setuptools.setup(
@@ -35,7 +36,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "scikit-learn>=1.5", "scikit-image>=0.24"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "scikit-image>=0.24"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -17,17 +17,36 @@ def r2_score(y_true, y_pred):
   return float(1.0 - ss_res / ss_tot)
 
 
-def ridge_fit(x, y, alpha):
-  """Ridge regression with an unpenalised intercept; returns (w, b).
+def ridge_path(x, y, alphas):
+  """Ridge regressions with an unpenalised intercept, one per alpha: {alpha: (w, b)}.
 
-  Minimises ||y - x w - b||^2 + alpha ||w||^2 (scikit-learn's Ridge objective).
+  Minimises ||y - x w - b||^2 + alpha ||w||^2 (scikit-learn's Ridge objective) through one thin
+  SVD of the centred x, so every alpha costs a matrix product and features wider than the
+  number of rows (a frozen encoder's whole token grid) cost no (d, d) solve.
   """
   x = np.asarray(x, np.float64)
   y = np.asarray(y, np.float64)
   x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
-  xc = x - x_mean
-  w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - y_mean))
-  return w, y_mean - x_mean @ w
+  u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+  uy = u.T @ (y - y_mean)
+  out = {}
+  for alpha in alphas:
+    shrink = s / (s * s + alpha)
+    w = vt.T @ (shrink.reshape((-1,) + (1,) * (uy.ndim - 1)) * uy)
+    out[float(alpha)] = (w, y_mean - x_mean @ w)
+  return out
+
+
+def ridge_fit(x, y, alpha):
+  """One ridge regression (see `ridge_path`); returns (w, b)."""
+  return ridge_path(x, y, (alpha,))[float(alpha)]
+
+
+def _standardiser(x):
+  x = np.asarray(x, np.float64)
+  mean, std = x.mean(0), x.std(0)
+  std = np.where(std > 0, std, 1.0)
+  return lambda v: (np.asarray(v, np.float64) - mean) / std
 
 
 def fit_ridge_probe(train, val, alphas):
@@ -35,29 +54,28 @@ def fit_ridge_probe(train, val, alphas):
 
   train/val: (features (n, d), targets (n, P) with NaN where missing).
   Returns `predict(features) -> (n, P)` (NaN for a target too sparse to fit)
-  and the chosen alphas (P,).
+  and the chosen alphas (P,). Targets missing on the same training rows share one fit.
   """
   (xtr, ytr), (xva, yva) = train, val
-  xtr, xva = np.asarray(xtr, np.float64), np.asarray(xva, np.float64)
-  mean, std = xtr.mean(0), xtr.std(0)
-  std = np.where(std > 0, std, 1.0)
-  xtr, xva = (xtr - mean) / std, (xva - mean) / std
-  fits = []
-  for j in range(ytr.shape[1]):
-    tr, va = ~np.isnan(ytr[:, j]), ~np.isnan(yva[:, j])
-    if tr.sum() < 2 or va.sum() < 2:
-      fits.append(None)
+  standard = _standardiser(xtr)
+  xtr, xva = standard(xtr), standard(xva)
+  fits = [None] * ytr.shape[1]
+  present = ~np.isnan(ytr)
+  for rows in {present[:, j].tobytes(): present[:, j] for j in range(ytr.shape[1])}.values():
+    cols = [j for j in range(ytr.shape[1]) if np.array_equal(present[:, j], rows)]
+    if rows.sum() < 2:
       continue
-    best = None
-    for alpha in alphas:
-      w, b = ridge_fit(xtr[tr], ytr[tr, j], alpha)
-      score = r2_score(yva[va, j], xva[va] @ w + b)
-      if best is None or score > best[0]:
-        best = (score, float(alpha), w, b)
-    fits.append(best[1:])
+    path = ridge_path(xtr[rows], ytr[rows][:, cols], alphas)
+    for k, j in enumerate(cols):
+      va = ~np.isnan(yva[:, j])
+      if va.sum() < 2:
+        continue
+      scores = {a: r2_score(yva[va, j], xva[va] @ w[:, k] + b[k]) for a, (w, b) in path.items()}
+      best = max(scores, key=scores.get)   # the first of equal scores, in `alphas` order
+      fits[j] = (best, path[best][0][:, k], path[best][1][k])
 
   def predict(x):
-    x = (np.asarray(x, np.float64) - mean) / std
+    x = standard(x)
     return np.stack([x @ f[1] + f[2] if f else np.full(len(x), np.nan) for f in fits], axis=1)
 
   return predict, np.array([f[0] if f else np.nan for f in fits])
@@ -72,11 +90,9 @@ def fit_ridge_map(train, val, alphas):
   """
   (xtr, ytr), (xva, yva) = train, val
   shape = np.shape(ytr)[1:]
-  mean, std = np.mean(xtr, 0), np.std(xtr, 0)
-  std = np.where(std > 0, std, 1.0)
-  standard = lambda x: (np.asarray(x, np.float64) - mean) / std
+  standard = _standardiser(xtr)
   flat = lambda y: np.asarray(y, np.float64).reshape(len(y), -1)
-  fits = {float(a): ridge_fit(standard(xtr), flat(ytr), a) for a in alphas}
+  fits = ridge_path(standard(xtr), flat(ytr), alphas)
   val_mse = {a: float(np.mean((standard(xva) @ w + b - flat(yva)) ** 2)) for a, (w, b) in fits.items()}
   alpha = min(val_mse, key=val_mse.get)
   w, b = fits[alpha]

@@ -47,7 +47,7 @@ def get_config(arg=None):
       noise_std=0.0,          # Gaussian noise on the z-scored ECG, training only
       lead_dropout=0.0,       # probability of dropping each lead, training only
   ))
-  config.probe = ml_collections.ConfigDict(dict(alphas=(0.1, 1.0, 10.0, 100.0, 1000.0)))
+  config.probe = ml_collections.ConfigDict(dict(alphas=(0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0)))
 
   if arg.variant == "base":
     config.train.update(num_steps=20_000, batch_size=256, lr=1e-3, warmup_steps=1_000,

@@ -33,11 +33,11 @@ def get_config(arg=None):
   config.model.patch_frames = 10 if arg.tube else None
   # Features for probes and alignment: "cls_prenorm" (the release: the last block's CLS token,
   # before the final LayerNorm), "cls" (after it) or "mean" (of the normed patch tokens).
-  config.model.pool = "cls_prenorm"
+  config.model.pool = "tokens"
   config.model.norm_eps = 1e-6        # timm's ViT
   config.model.exact_gelu = True      # erf GELU as timm's; False: tanh approximation
   config.mae = ml_collections.ConfigDict(dict(mask_ratio=0.75, norm_pix_loss=True))
-  config.probe = ml_collections.ConfigDict(dict(alphas=(0.1, 1.0, 10.0, 100.0, 1000.0)))
+  config.probe = ml_collections.ConfigDict(dict(alphas=(0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0)))
 
   if arg.variant == "base":
     # 400 epochs at batch 128 with 40 warm-up epochs, base LR 1e-3 per 256.

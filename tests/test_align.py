@@ -115,4 +115,5 @@ def test_align_reads_another_workdirs_mae_of_another_width(tmp_path):
   import orbax.checkpoint as ocp
   saved = ocp.PyTreeCheckpointer().metadata(str(tmp_path / "w" / "align" / "checkpoints" / "4" / "state"))
   tree = saved.item_metadata.tree if hasattr(saved, "item_metadata") else saved
-  assert tuple(tree["params"]["cmr_proj"]["kernel"].shape) == (48, config.model.embed_dim)
+  # The CMR projector reads OTHER's features: its 2 x 2 grid of 48-wide patch tokens.
+  assert tuple(tree["params"]["cmr_proj"]["kernel"].shape) == (4 * 48, config.model.embed_dim)

@@ -22,14 +22,19 @@ def test_r2_constant_target_follows_sklearn():
 
 
 @pytest.mark.parametrize("alpha", [0.01, 1.0, 100.0])
-def test_ridge_matches_sklearn(alpha):
+@pytest.mark.parametrize("n, d", [(80, 6), (30, 200)])   # more features than rows: a token grid
+def test_ridge_matches_sklearn(alpha, n, d):
   rng = np.random.default_rng(3)
-  x = rng.normal(size=(80, 6)) * [1, 2, 3, 4, 5, 6] + 3.0
-  y = x @ rng.normal(size=6) + 2.0 + rng.normal(size=80)
+  x = rng.normal(size=(n, d)) * np.linspace(1, 6, d) + 3.0
+  y = x @ rng.normal(size=d) + 2.0 + rng.normal(size=n)
   w, b = evaluate.ridge_fit(x, y, alpha)
   ref = linear_model.Ridge(alpha=alpha).fit(x, y)
-  np.testing.assert_allclose(w, ref.coef_, rtol=1e-8, atol=1e-10)
+  np.testing.assert_allclose(w, ref.coef_, rtol=1e-7, atol=1e-10)
   assert b == pytest.approx(ref.intercept_, rel=1e-8)
+  path = evaluate.ridge_path(x, np.stack([y, -y], 1), (alpha, 2 * alpha))
+  np.testing.assert_allclose(path[alpha][0][:, 1], -ref.coef_, rtol=1e-7, atol=1e-10)
+  ref2 = linear_model.Ridge(alpha=2 * alpha).fit(x, y)
+  np.testing.assert_allclose(path[2 * alpha][0][:, 0], ref2.coef_, rtol=1e-7, atol=1e-10)
 
 
 def test_ridge_map_equals_sklearn_at_the_alpha_with_least_val_error():

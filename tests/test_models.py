@@ -1,5 +1,6 @@
 """Model shapes and sizes, checked with jax.eval_shape (nothing allocated)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +43,12 @@ def test_base_features_shape_and_tube_variant_tokens():
   encoder = mae.build_encoder(config)
   video = jax.ShapeDtypeStruct((2, 50, 96, 96), jnp.uint8)
   feats = jax.eval_shape(lambda v: encoder.init_with_output(jax.random.PRNGKey(0), v)[0], video)
-  assert feats.shape == (2, 768)
+  assert encoder.pool == "tokens"
+  assert feats.shape == (2, 36 * 768) == (2, encoder.feature_dim)
+  release = encoder.clone(pool="cls_prenorm")
+  assert release.feature_dim == 768
+  assert jax.eval_shape(lambda v: release.init_with_output(jax.random.PRNGKey(0), v)[0],
+                        video).shape == (2, 768)
 
   tube = mae_config.get_config("variant=base,tube=true")
   encoder = mae.build_encoder(tube)
@@ -50,6 +56,27 @@ def test_base_features_shape_and_tube_variant_tokens():
   assert encoder.num_patches == 5 * 6 * 6
   params = jax.eval_shape(lambda v: encoder.init(jax.random.PRNGKey(0), v), video)["params"]
   assert params["patch_embed"]["kernel"].value.shape == (10 * 16 * 16, 768)
+
+
+def test_poolings_are_views_of_one_forward_pass():
+  """`tokens` is the normed patch grid in patch order; `mean` its mean; `cls` the normed CLS;
+  `cls_prenorm` the CLS before the final norm (its output, normed, is `cls`)."""
+  config = mae_config.get_config("variant=test")
+  encoder = mae.build_encoder(config)
+  video = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3,) + mae.cmr_shape(config)),
+                      jnp.uint8)
+  params = encoder.init(jax.random.PRNGKey(0), video)["params"]
+  out = {pool: encoder.clone(pool=pool).apply({"params": params}, video) for pool in vit.POOLS}
+  hidden = encoder.apply({"params": params}, video,
+                         method=lambda m, v: m.encode(m.embed(v), normalize=False))
+  normed = nn.LayerNorm(epsilon=encoder.norm_eps).apply(
+      {"params": params["transformer"]["ln_final"]}, hidden)
+  grid = out["tokens"].reshape(3, encoder.num_patches, encoder.width)
+  np.testing.assert_allclose(grid, normed[:, 1:], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out["mean"], grid.mean(1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["cls"], normed[:, 0], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out["cls_prenorm"], hidden[:, 0], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(out["cls"], out["cls_prenorm"], atol=1e-3)
 
 
 @pytest.mark.parametrize("patch", [(10, 4, 4), (5, 8, 4)])

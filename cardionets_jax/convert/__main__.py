@@ -145,6 +145,7 @@ def plan(source, state_dict, num_heads=None):
     config = context_lib.stage_config("mae", "base")
     config.data.update(cmr_frames=s.pop("frames"), cmr_size=s.pop("image_size"))
     config.model.update(s)
+    config.model.pool = "cls_prenorm"   # a release encoder hands on what the release aligns to
     encoder = mae.build_encoder(config)
     video = jnp.zeros((1,) + mae.cmr_shape(config), jnp.uint8)
     encode = lambda m, v: m.encode(m.embed(v))   # every parameter, the final norm included

@@ -46,7 +46,7 @@ def num_tokens(video_shape, patch):
   return (video_shape[0] // patch[0]) * (video_shape[1] // patch[1]) * (video_shape[2] // patch[2])
 
 
-POOLS = ("cls_prenorm", "cls", "mean")
+POOLS = ("cls_prenorm", "cls", "mean", "tokens")
 
 
 class CmrEncoder(nn.Module):
@@ -55,7 +55,9 @@ class CmrEncoder(nn.Module):
 
   pool: "cls_prenorm" the CLS token of the last block before the final LayerNorm (what the
   release aligns to: timm's `forward_features` with the norm left out); "cls" the final-normed
-  CLS token; "mean" the mean of the final-normed patch tokens.
+  CLS token; "mean" the mean of the final-normed patch tokens; "tokens" every final-normed patch
+  token, flattened in patch order (B, N * width): the grid itself, where each chamber is, which
+  a pooled vector of an MAE encoder does not keep (docs/method.md, Stage 1).
   """
   num_frames: int
   image_size: int
@@ -78,6 +80,11 @@ class CmrEncoder(nn.Module):
   @property
   def num_patches(self):
     return num_tokens((self.num_frames, self.image_size, self.image_size), self.patch)
+
+  @property
+  def feature_dim(self):
+    """Length of the features `__call__` returns."""
+    return self.width * (self.num_patches if self.pool == "tokens" else 1)
 
   def setup(self):
     if self.pool not in POOLS:
@@ -105,7 +112,12 @@ class CmrEncoder(nn.Module):
 
   def __call__(self, video, train=False):
     h = self.encode(self.embed(video), train, normalize=self.pool != "cls_prenorm")
-    features = jnp.mean(h[:, 1:], axis=1) if self.pool == "mean" else h[:, 0]
+    if self.pool == "tokens":
+      features = h[:, 1:].reshape(h.shape[0], -1)
+    elif self.pool == "mean":
+      features = jnp.mean(h[:, 1:], axis=1)
+    else:
+      features = h[:, 0]
     return features.astype(jnp.float32)
 
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from cardionets_jax import evaluate
 from cardionets_jax import losses
-from cardionets_jax import plots
 from cardionets_jax.data import datasets
 from cardionets_jax.data import synthetic
+from cardionets_jax.evaluators import embeddings
 from cardionets_jax.evaluators import probe
 from cardionets_jax.evaluators import retrieval
 from cardionets_jax.evaluators import splits
@@ -166,7 +166,7 @@ def make_task(config, context=None, data_dir=None, meta=None):
   cmr_encoder = mae.build_encoder(mae_config, jnp.dtype(config.train.compute_dtype))
   num_phenotypes = len(meta.phenotype_names) if meta else len(synthetic.PHENOTYPES)
   cmr_shape = (1, config.data.cmr_frames, config.data.cmr_size, config.data.cmr_size)
-  width = mae_config.model.width
+  width = cmr_encoder.feature_dim
 
   def init_params(rng):
     ecg = jnp.zeros((1, 12, config.model.num_samples), jnp.float32)
@@ -253,39 +253,21 @@ class Evaluator:
     t = self.trainer
     out, kept = splits.map_split(lambda b: self._embed(state.params, state.frozen, b),
                                  self.data_dir, split, ("ecg", "lead_mask", "cmr"), t.mesh, t.rules,
-                                 keep=("phenotypes",), limit=limit)
-    return out, kept["phenotypes"]
+                                 keep=("phenotypes", "labels"), limit=limit)
+    return out + (kept["labels"],), kept["phenotypes"]
 
   def evaluate(self, state):
     """Retrieval on the score split; ridge probes of ECG and CMR features onto phenotypes."""
     roles, data = probe.features_by_role(lambda s, n: self.embeddings(state, s, n), self.meta,
                                          self.config.data)
-    (_, ecg_emb, _, cmr_emb), phenotypes = data["score"]
+    (_, ecg_emb, _, cmr_emb, labels), phenotypes = data["score"]
     probe_of = lambda i: probe.phenotype_probe({r: (out[i], y) for r, (out, y) in data.items()},
                                                roles, self.config.probe.alphas,
                                                self.meta.phenotype_names)
     return dict(retrieval=retrieval.ecg_to_cmr(ecg_emb, cmr_emb, roles["score"]),
                 ecg_probe=probe_of(0), cmr_probe=probe_of(2), test_embeddings=ecg_emb,
-                test_phenotypes=phenotypes)
-
-
-def embedding_figure(path, panels, phenotype_names):
-  """2-D PCA of test ECG embeddings, coloured by LVEF, one panel per model."""
-  plt = plots.pyplot()
-  color_name = "lvef" if "lvef" in phenotype_names else phenotype_names[0]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
-  for ax, (title, emb, phen) in zip(np.atleast_1d(axes), panels):
-    mean, comps = evaluate.pca_fit(emb, 2)
-    xy = (emb - mean) @ comps
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=phen[:, phenotype_names.index(color_name)], s=10,
-                    cmap="viridis")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2")
-    fig.colorbar(sc, ax=ax, label=color_name)
-  fig.suptitle("Held-out ECG embeddings (PCA)", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+                test_phenotypes=phenotypes, test_labels=labels,
+                separation=embeddings.neighbour_auroc(ecg_emb, labels, self.meta.label_names))
 
 
 def run(config, context):
@@ -310,16 +292,18 @@ def run(config, context):
                     random_init_ecg=baseline["ecg_probe"]["r2"],
                     cmr_encoder=aligned["cmr_probe"]["r2"]),
       probe_splits=aligned["ecg_probe"]["splits"],
+      # Held-out: AUROC of each disease from the share of its 10 nearest ECG embeddings that have it.
+      neighbour_auroc=dict(aligned=aligned["separation"], random_init=baseline["separation"]),
       upstream={name: context.upstream(name, config).describe(config.data)
                 for name in upstream_stages(config)},
       checkpoint=f"{trainer.checkpoint_dir}/{int(state.step)}",
       wall_time_s=time.time() - start)
   if jax.process_index() == 0:
     figure = workdir.file("align", "ecg_embeddings.png")
-    initial = f"{config.align.ecg_init}-init ECG encoder"
-    embedding_figure(figure, [(initial, baseline["test_embeddings"], baseline["test_phenotypes"]),
-                              ("aligned ECG encoder", aligned["test_embeddings"],
-                               aligned["test_phenotypes"])], meta.phenotype_names)
+    panels = [(title, r["test_embeddings"], r["test_phenotypes"], r["test_labels"])
+              for title, r in ((f"{config.align.ecg_init}-init ECG encoder", baseline),
+                               ("aligned ECG encoder", aligned))]
+    embeddings.figure(figure, panels, meta.phenotype_names, meta.label_names)
   common.write_results(workdir, "align", results)
   metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s)",
                   aligned["retrieval"]["n"], aligned["retrieval"], baseline["retrieval"])

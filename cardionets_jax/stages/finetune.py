@@ -26,6 +26,7 @@ from cardionets_jax import stages
 from cardionets_jax.data import datasets
 from cardionets_jax.data import synthetic
 from cardionets_jax.evaluators import clinical
+from cardionets_jax.evaluators import label_efficiency
 from cardionets_jax.evaluators import splits
 from cardionets_jax.models import layers
 from cardionets_jax.stages import align
@@ -381,12 +382,17 @@ def run(config, context):
              upstream={name: context.upstream(name, config).describe(config.data)
                        for name in upstream(config)},
              wall_time_s=time.time() - start)
+  out["label_efficiency"] = label_efficiency.compare(test_preds, results, meta.label_names, f.n_boot)
   if jax.process_index() == 0:
     # What screening reads: each method's best checkpoint and its decision thresholds.
     workdir.write_artifact("finetune", "methods.json", handed_on)
     table = clinical.write_tables(workdir, results, meta)
     clinical.write_figures(workdir, test_preds, meta)
     metrics_lib.log("Fine-tuning results (test split):\n%s", table)
+    with open(workdir.file("finetune", "label_efficiency.md"), "w") as fh:
+      fh.write(label_efficiency.table(out["label_efficiency"]) + "\n")
+    label_efficiency.figure(workdir.file("finetune", "label_efficiency.png"),
+                            out["label_efficiency"])
   common.write_results(workdir, "finetune", out)
   return out
 

@@ -120,8 +120,12 @@ class Evaluator:
     out = mesh_lib.replicated(trainer.mesh)
     self._loss = jax.jit(lambda p, v, r: per_example_loss(model, config, p, v, r),
                          in_shardings=(param_shardings, None, None), out_shardings=out)
-    self._features = jax.jit(lambda p, v: model.apply({"params": p}, v, method=model.features),
-                             in_shardings=(param_shardings, None), out_shardings=out)
+    # Features under every pooling (vit.POOLS), so results.json shows what each one keeps.
+    def pooled(pool):
+      encoder = model.encoder.clone(pool=pool)
+      return jax.jit(lambda p, v: encoder.apply({"params": p["encoder"]}, v),
+                     in_shardings=(param_shardings, None), out_shardings=out)
+    self._features = {pool: pooled(pool) for pool in vit.POOLS}
     self._recon = jax.jit(lambda p, v, r: model.apply({"params": p}, v, rngs={"mask": r}),
                           in_shardings=(param_shardings, None, None), out_shardings=out)
 
@@ -139,14 +143,16 @@ class Evaluator:
     losses_, _ = self._map(lambda b: self._loss(params, b["cmr"], rng), self.split(split))
     return float(np.mean(losses_))
 
-  def features(self, params, split, limit=None):
-    feats, kept = self._map(lambda b: self._features(params, b["cmr"]), split,
-                            keep=("phenotypes",), limit=limit)
+  def features(self, params, split, limit=None, pool=None):
+    fn = self._features[pool or self.config.model.pool]
+    feats, kept = self._map(lambda b: fn(params, b["cmr"]), split, keep=("phenotypes",),
+                            limit=limit)
     return feats, kept["phenotypes"]
 
-  def probe(self, params):
-    roles, data = probe.features_by_role(lambda s, n: self.features(params, s, n), self.meta,
-                                         self.config.data)
+  def probe(self, params, pool=None):
+    """Ridge probe of the features (`model.pool`'s, or `pool`'s) onto every phenotype."""
+    roles, data = probe.features_by_role(lambda s, n: self.features(params, s, n, pool),
+                                         self.meta, self.config.data)
     return probe.phenotype_probe(data, roles, self.config.probe.alphas, self.meta.phenotype_names)
 
   def reconstruction_figure(self, params, path, num_subjects=3, num_frames=4):
@@ -197,13 +203,14 @@ def run(config, context):
   state = trainer.fit(on_eval)
   final_loss = evaluator.reconstruction_loss(state.params)
   probed = evaluator.probe(state.params)
+  by_pool = {pool: evaluator.probe(state.params, pool)["r2"] for pool in vit.POOLS}
   step = int(state.step)
   results = dict(
       stage="mae", variant=config.variant, step=step,
       heldout_reconstruction_loss=dict(initial=init_loss, final=final_loss,
                                        split=evaluator.split("val")),
       probe_r2=probed["r2"], probe_r2_random_init=init_probe["r2"], probe_alpha=probed["alpha"],
-      probe_splits=probed["splits"],
+      probe_splits=probed["splits"], probe_r2_by_pool=by_pool,
       num_examples={s: v["num_examples"] for s, v in meta.splits.items()},
       data=data_dir, checkpoint=f"{trainer.checkpoint_dir}/{step}",
       wall_time_s=time.time() - start)
@@ -212,7 +219,9 @@ def run(config, context):
   common.write_results(workdir, "mae", results)
   metrics_lib.log("Held-out reconstruction loss %.4f -> %.4f", init_loss, final_loss)
   for name, r2 in probed["r2"].items():
-    metrics_lib.log("probe R2 %-18s %6.3f (random init %6.3f)", name, r2, init_probe["r2"][name])
+    metrics_lib.log("probe R2 %-18s %6.3f (random init %6.3f; by pooling: %s)", name, r2,
+                    init_probe["r2"][name],
+                    ", ".join(f"{pool} {by_pool[pool][name]:.3f}" for pool in vit.POOLS))
   return results
 
 
