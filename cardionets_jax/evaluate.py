@@ -108,7 +108,11 @@ def ridge_probe(train, val, test, alphas, names=None):
   """
   predict, alphas_chosen = fit_ridge_probe(train, val, alphas)
   xte, yte = test
-  pred = predict(xte)
+  return ridge_scores(yte, predict(xte), alphas_chosen, names)
+
+
+def ridge_scores(yte, pred, alphas_chosen, names=None):
+  """`ridge_probe`'s report of test predictions `pred` (n, P) of targets `yte` (NaN: missing)."""
   names = names or [str(i) for i in range(yte.shape[1])]
   out = {}
   for j, name in enumerate(names):
@@ -127,10 +131,15 @@ def retrieval_topk(similarity, ks=(1, 5)):
   Ties count against the match: its rank is the number of columns scoring at
   least as high, itself excluded, plus one.
   """
+  rank = retrieval_ranks(similarity)
+  return {f"top{k}": float(np.mean(rank <= k)) for k in ks}
+
+
+def retrieval_ranks(similarity):
+  """Per row, the rank of its matching column (1 = top; ties count against the match)."""
   s = np.asarray(similarity, np.float64)
   true = np.diag(s)[:, None]
-  rank = np.sum(s >= true, axis=1)  # the match itself and every column tied with or above it
-  return {f"top{k}": float(np.mean(rank <= k)) for k in ks}
+  return np.sum(s >= true, axis=1)  # the match itself and every column tied with or above it
 
 
 def pca_fit(x, k):

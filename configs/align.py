@@ -42,6 +42,9 @@ def get_config(arg=None):
       tau=0.05, sigma=0.5, weighted=arg.weighted,
       phi=arg.phi,            # "pca" (of frozen CMR features; the release) or "phenotypes"
       phi_norm="none",        # "none" (the release) or "unit": stages/align.py, descriptors
+      # The frozen CMR encoder: "mae" (init.mae's trained weights) or "random" (its architecture,
+      # randomly initialised: the ablation of what the teacher's pre-training adds).
+      teacher="mae",
       pca_dim=128,
       eval_crops=3,           # crops averaged at evaluation
       noise_std=0.0,          # Gaussian noise on the z-scored ECG, training only

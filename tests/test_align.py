@@ -96,6 +96,26 @@ def test_align_on_a_fresh_workdir_runs_mae_first(tokenized_workdir):
   assert os.path.exists(tmp_path / "align" / "ecg_embeddings.png")
 
 
+def test_a_random_teacher_replaces_the_trained_one_and_heldout_predictions_are_kept(
+    tokenized_workdir, tmp_path):
+  trained = np.load(tokenized_workdir / "align" / "heldout.npz")
+  n = len(trained["ranks"])
+  assert trained["probe"].shape == trained["phenotypes"].shape == (n, 12)
+  assert trained["labels"].shape == (n, 2) and trained["ranks"].min() >= 1
+  with open(tokenized_workdir / "align" / "results.json") as f:
+    results = json.load(f)
+  assert np.isclose(np.mean(trained["ranks"] == 1), results["retrieval"]["aligned"]["top1"])
+  config = tiny_align_config(teacher="random")
+  config.init.mae = str(tokenized_workdir / "mae" / "checkpoints")
+  random = conftest.run_in_process(config, tmp_path / "w", "align")
+  assert "Frozen CMR encoder: randomly initialised (seed 42)" in (
+      tmp_path / "w" / "logs" / "align.log").read_text()
+  cmr_r2 = lambda r: r["probe_r2"]["cmr_encoder"]
+  assert cmr_r2(random) != cmr_r2(results)     # another teacher: other frozen features
+  np.testing.assert_array_equal(np.load(tmp_path / "w" / "align" / "heldout.npz")["phenotypes"],
+                                trained["phenotypes"])   # the same held-out subjects: pairable
+
+
 def test_align_reads_another_workdirs_mae_of_another_width(tmp_path):
   # OTHER's mae is 48 wide; this config's own mae would be 32: the frozen encoder is rebuilt
   # from the config saved in OTHER's checkpoint, and no mae is trained here.

@@ -1,5 +1,7 @@
 """The label-efficiency comparison: seed-averaged metrics with subject CIs, paired differences."""
 
+import os
+
 import numpy as np
 from sklearn import metrics
 
@@ -70,3 +72,27 @@ def test_linear_probes_are_their_own_line_and_the_table_and_figure_are_written(t
   path = tmp_path / "le.png"
   label_efficiency.figure(path, out)
   assert path.stat().st_size > 10_000
+
+
+def test_saved_predictions_of_two_runs_merge_into_one_comparison(tmp_path):
+  import json
+  rng = np.random.default_rng(2)
+  preds, results, _, _ = _sweep(rng, fractions=(0.1,), seeds=(0,))
+  runs = {"full": [n for n in results if not n.startswith("cmr")],
+          "linear": [n for n in results if n.startswith("cmr")]}
+  for run, names in runs.items():
+    os.makedirs(tmp_path / run / "finetune")
+    label_efficiency.save_predictions(tmp_path / run / "finetune" / label_efficiency.PREDICTIONS,
+                                      {n: preds[n] for n in names})
+    methods = {n: dict(results[n], diseases={"cm": {}, "ph": {}}) for n in names}
+    (tmp_path / run / "finetune" / "results.json").write_text(json.dumps({"methods": methods}))
+  merged_preds, merged = {}, {}
+  for run in runs:
+    p, r = label_efficiency.load_run(str(tmp_path / run))
+    merged_preds.update(p), merged.update(r)
+  assert sorted(merged) == sorted(results)
+  for name in results:
+    for field in ("phenotypes", "labels", "phenotypes_pred", "probs"):
+      np.testing.assert_array_equal(merged_preds[name][field], preds[name][field])
+  direct = label_efficiency.compare(preds, results, ["cm", "ph"], n_boot=50)
+  assert label_efficiency.compare(merged_preds, merged, ["cm", "ph"], n_boot=50) == direct

@@ -6,8 +6,15 @@ bootstrap resample draws one set of test subjects and recomputes that seed avera
 CI covers the subjects sampled (the seeds' spread is in results.md). A difference between two
 methods is resampled on the same subjects for both (paired), so "CI above zero" reads "A beats B
 on these subjects", at that label fraction.
+
+Methods of several finetune runs (full fine-tuning in one, a frozen encoder's linear probe in
+another) go into one comparison from what each run saved:
+
+  python -m cardionets_jax.evaluators.label_efficiency --workdir=RUN_A --workdir=RUN_B --out=DIR
 """
 
+import json
+import os
 import warnings
 
 import numpy as np
@@ -152,3 +159,56 @@ def figure(path, comparison):
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+PREDICTIONS = "test_predictions.npz"
+
+
+def save_predictions(path, test_preds):
+  """Every method's test predictions, `METHOD|FIELD` arrays (a task without a head is left out)."""
+  np.savez(path, **{f"{name}|{field}": value for name, preds in test_preds.items()
+                    for field, value in preds.items() if value is not None})
+
+
+def load_run(workdir):
+  """(test_preds, results) of a finished finetune run, as `compare` takes them."""
+  with np.load(os.path.join(workdir, "finetune", PREDICTIONS)) as saved:
+    test_preds = {}
+    for key in saved.files:
+      name, _, field = key.partition("|")
+      test_preds.setdefault(name, dict(phenotypes_pred=None, probs=None))[field] = saved[key]
+  with open(os.path.join(workdir, "finetune", "results.json")) as f:
+    results = json.load(f)["methods"]
+  return test_preds, results
+
+
+def main(argv):
+  from absl import flags
+  del argv
+  test_preds, results = {}, {}
+  for workdir in flags.FLAGS.workdir:
+    preds, methods = load_run(workdir)
+    clash = set(methods) & set(results)
+    if clash:
+      raise ValueError(f"{workdir}: methods {sorted(clash)} are already in an earlier --workdir")
+    test_preds.update(preds)
+    results.update(methods)
+  label_names = list(dict.fromkeys(d for r in results.values() for d in r.get("diseases", {})))
+  comparison = compare(test_preds, results, label_names, flags.FLAGS.n_boot)
+  out = flags.FLAGS.out
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "label_efficiency.json"), "w") as f:
+    json.dump(comparison, f, indent=1)
+  with open(os.path.join(out, "label_efficiency.md"), "w") as f:
+    f.write(table(comparison) + "\n")
+  figure(os.path.join(out, "label_efficiency.png"), comparison)
+  print(table(comparison))
+
+
+if __name__ == "__main__":
+  from absl import app
+  from absl import flags
+  flags.DEFINE_multi_string("workdir", [], "A finished finetune workdir (repeat).")
+  flags.DEFINE_string("out", ".", "Where label_efficiency.{json,md,png} go.")
+  flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples.")
+  app.run(main)

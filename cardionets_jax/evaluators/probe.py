@@ -17,11 +17,15 @@ def features_by_role(features, meta, data_config, roles=("fit", "select", "score
 
 def phenotype_probe(data, roles, alphas, names):
   """`data[role] = (features (n, d), phenotypes (n, P))` for the roles fit / select / score
-  (split names in `roles`). Ridge on fit, alpha chosen on select by R2, R2 on score."""
-  per = evaluate.ridge_probe(data["fit"], data["select"], data["score"], alphas=tuple(alphas),
-                             names=names)
+  (split names in `roles`). Ridge on fit, alpha chosen on select by R2, R2 on score; the score
+  split's predictions (n, P) beside it, for paired comparisons."""
+  predict, chosen = evaluate.fit_ridge_probe(data["fit"], data["select"], alphas=tuple(alphas))
+  features, targets = data["score"]
+  predictions = predict(features)
+  per = evaluate.ridge_scores(targets, predictions, chosen, names)
   return dict(r2={k: v["r2"] for k, v in per.items()}, alpha={k: v["alpha"] for k, v in per.items()},
-              n_score=max((v["n_test"] for v in per.values()), default=0), splits=dict(roles))
+              n_score=max((v["n_test"] for v in per.values()), default=0), splits=dict(roles),
+              predictions=predictions)
 
 
 def fitted_probe(data, alphas):

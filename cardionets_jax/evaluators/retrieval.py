@@ -7,8 +7,10 @@ from cardionets_jax import evaluate
 
 def ecg_to_cmr(ecg_embeddings, cmr_embeddings, split, ks=(1, 5)):
   """Top-k retrieval of each subject's own cine among the split's, by cosine similarity, with
-  the chance level beside it."""
+  the chance level beside it and each subject's rank (1 = its own cine first)."""
   norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
   n = len(ecg_embeddings)
-  out = evaluate.retrieval_topk(norm(ecg_embeddings) @ norm(cmr_embeddings).T, ks)
-  return dict(out, chance={f"top{k}": min(k / n, 1.0) for k in ks}, n=n, split=split)
+  ranks = evaluate.retrieval_ranks(norm(ecg_embeddings) @ norm(cmr_embeddings).T)
+  return dict({f"top{k}": float(np.mean(ranks <= k)) for k in ks},
+              chance={f"top{k}": min(k / n, 1.0) for k in ks}, n=n, split=split,
+              ranks=[int(r) for r in ranks])

@@ -131,6 +131,7 @@ def augment(ecg, lead_mask, rng, num_samples, noise_std=0.0, lead_dropout=0.0):
 
 
 PHI_NORMS = ("none", "unit")
+TEACHERS = ("mae", "random")   # align.teacher: the trained mae encoder, or its random init
 
 
 def descriptors(cmr_features, phenotypes, frozen, config):
@@ -192,8 +193,11 @@ def make_task(config, context=None, data_dir=None, meta=None):
 
   load_frozen = load_params = None
   if context is not None:
+    if config.align.teacher not in TEACHERS:
+      raise ValueError(f"align.teacher must be one of {TEACHERS}, got {config.align.teacher!r}")
     load_frozen = functools.partial(_load_frozen, upstream=context.upstream("mae", config),
-                                    data_dir=data_dir, meta=meta, cmr_encoder=cmr_encoder)
+                                    data_dir=data_dir, meta=meta, cmr_encoder=cmr_encoder,
+                                    teacher=config.align.teacher, seed=config.seed)
     if config.align.ecg_init == "stmem":
       load_params = functools.partial(_load_stmem_encoder, context.upstream("stmem", config))
   task = loop.Task(init_params=init_params, loss_fn=loss_fn,
@@ -211,11 +215,20 @@ def _load_stmem_encoder(source, abstract, mesh, rules):
   return {"ecg_encoder": encoder}
 
 
-def _load_frozen(abstract, mesh, rules, upstream, data_dir, meta, cmr_encoder):
-  """The upstream mae encoder and the PCA of its features."""
-  encoder_params, step = ckpt_lib.restore_subtree(upstream.reference, ("params", "encoder"),
-                                                  abstract["cmr_encoder"])
-  metrics_lib.log("Frozen CMR encoder: %s (step %d)", upstream.path, step)
+def _load_frozen(abstract, mesh, rules, upstream, data_dir, meta, cmr_encoder, teacher, seed):
+  """The upstream mae encoder (or, `align.teacher=random`, the same architecture at a seeded
+  random initialisation: what the teacher's training adds) and the PCA of its features."""
+  if teacher == "random":
+    cmr_shape = (1,) + tuple(meta.shapes["cmr"])
+    init = cmr_encoder.init(jax.random.PRNGKey(seed), jnp.zeros(cmr_shape, jnp.uint8))["params"]
+    encoder_params = jax.tree.map(lambda v, a: jax.device_put(v, a.sharding), nn.unbox(init),
+                                  abstract["cmr_encoder"])
+    metrics_lib.log("Frozen CMR encoder: randomly initialised (seed %d), the architecture of %s",
+                    seed, upstream.path)
+  else:
+    encoder_params, step = ckpt_lib.restore_subtree(upstream.reference, ("params", "encoder"),
+                                                    abstract["cmr_encoder"])
+    metrics_lib.log("Frozen CMR encoder: %s (step %d)", upstream.path, step)
   features_fn = jax.jit(lambda v: cmr_encoder.apply({"params": encoder_params}, v))
   feats, _ = splits.map_split(lambda b: features_fn(b["cmr"]), data_dir, "train", ("cmr",), mesh,
                               rules, limit=PCA_FIT_LIMIT)
@@ -304,9 +317,17 @@ def run(config, context):
               for title, r in ((f"{config.align.ecg_init}-init ECG encoder", baseline),
                                ("aligned ECG encoder", aligned))]
     embeddings.figure(figure, panels, meta.phenotype_names, meta.label_names)
+    # Per held-out subject, for paired comparisons of runs on one cohort (evaluators/ablation.py).
+    np.savez(workdir.file("align", "heldout.npz"), phenotypes=aligned["test_phenotypes"],
+             labels=aligned["test_labels"], probe=aligned["ecg_probe"]["predictions"],
+             random_init_probe=baseline["ecg_probe"]["predictions"],
+             ranks=np.asarray(aligned["retrieval"]["ranks"]),
+             phenotype_names=np.asarray(meta.phenotype_names))
   common.write_results(workdir, "align", results)
-  metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s)",
-                  aligned["retrieval"]["n"], aligned["retrieval"], baseline["retrieval"])
+  top = lambda r: {k: r[k] for k in ("top1", "top5")}
+  metrics_lib.log("ECG->CMR retrieval on %d held-out subjects: %s (random init %s; chance %s)",
+                  aligned["retrieval"]["n"], top(aligned["retrieval"]), top(baseline["retrieval"]),
+                  aligned["retrieval"]["chance"])
   for name in meta.phenotype_names:
     metrics_lib.log("probe R2 %-18s aligned ECG %6.3f  random ECG %6.3f  CMR %6.3f", name,
                     results["probe_r2"]["aligned_ecg"][name],

@@ -389,6 +389,8 @@ def run(config, context):
     table = clinical.write_tables(workdir, results, meta)
     clinical.write_figures(workdir, test_preds, meta)
     metrics_lib.log("Fine-tuning results (test split):\n%s", table)
+    label_efficiency.save_predictions(workdir.file("finetune", label_efficiency.PREDICTIONS),
+                                      test_preds)
     with open(workdir.file("finetune", "label_efficiency.md"), "w") as fh:
       fh.write(label_efficiency.table(out["label_efficiency"]) + "\n")
     label_efficiency.figure(workdir.file("finetune", "label_efficiency.png"),
