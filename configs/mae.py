@@ -31,8 +31,10 @@ def get_config(arg=None):
   # Frames per patch: None stacks all frames as channels (the release's
   # default); `tube=True` gives the 3D variant with (10, p, p) tube patches.
   config.model.patch_frames = 10 if arg.tube else None
-  # Features for probes and alignment: "cls_prenorm" (the release: the last block's CLS token,
-  # before the final LayerNorm), "cls" (after it) or "mean" (of the normed patch tokens).
+  # Features for probes and alignment: "tokens" (ours: every normed patch token, flattened; an
+  # MAE's CLS token does not summarise the cine, docs/method.md Stage 1), "cls_prenorm" (the
+  # release: the last block's CLS token, before the final LayerNorm), "cls" (after it) or "mean"
+  # (of the normed patch tokens).
   config.model.pool = "tokens"
   config.model.norm_eps = 1e-6        # timm's ViT
   config.model.exact_gelu = True      # erf GELU as timm's; False: tanh approximation

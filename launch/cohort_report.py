@@ -1,0 +1,175 @@
+"""What the built-in cohort shows: every run behind docs/cohort.md, then the page itself.
+
+  python launch/cohort_report.py --root=runs/cohort [--seeds=0,1,2] [--label_fractions=0.01,0.1,1.0]
+      [--variant=tiny] [--docs=docs]
+
+Runs, one after another (each skipped when already finished, so a rerun resumes):
+  1. ROOT/chain: mae then align (the default configs), stmem for the ST-MEM-style baseline;
+  2. ROOT/chain: finetune over the label fractions x the seeds, full fine-tuning of
+     the aligned, ST-MEM-initialised, scratch and CMR encoders;
+  3. ROOT/linear: the frozen CMR encoder's linear probe, same fractions and seeds;
+  4. ROOT/ablation/<arm>/seed=S: align per seed for each ablation arm (weighted InfoNCE with phi
+     = PCA, the paper's; plain InfoNCE; phi = phenotypes; a randomly initialised frozen teacher),
+     on ROOT/chain's cohort and mae;
+then writes DOCS/cohort.md with the tables and DOCS/figures/cohort_*.png. The wall time of each
+step is in the page.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run as a script from a checkout
+
+from cardionets_jax.workdir import Workdir  # noqa: E402
+
+ARMS = {  # name -> (folder, align overrides); the first is the paper's, compared with each other
+    "paper (weighted, phi = PCA)": ("paper", []),
+    "plain InfoNCE": ("plain", ["align.weighted=False"]),
+    "phi = phenotypes": ("phi_phenotypes", ["align.phi=phenotypes"]),
+    "random teacher": ("random_teacher", ["align.teacher=random"]),
+}
+FIGURES = {"mae/reconstructions.png": "cohort_mae_reconstructions.png",
+           "align/ecg_embeddings.png": "cohort_ecg_embeddings.png"}
+
+
+def run(cmd, log):
+  start = time.time()
+  print("$", " ".join(cmd), flush=True)
+  if subprocess.run(cmd, cwd=REPO).returncode:
+    raise SystemExit(f"failed: {' '.join(cmd)}")
+  log.append((" ".join(c for c in cmd[3:] if "init." not in c), time.time() - start))
+
+
+def main_cmd(config, workdir, *overrides):
+  return ([sys.executable, "-m", "cardionets_jax.main", f"--config={config}",
+           f"--workdir={workdir}"] + [f"--config.{o}" for o in overrides])
+
+
+def link_cohort(source, workdir):
+  target, data = Workdir(workdir).data_root, Workdir(source).data_root
+  if not os.path.lexists(target):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.symlink(os.path.abspath(data), target)
+
+
+def train_everything(args, log):
+  chain, linear = os.path.join(args.root, "chain"), os.path.join(args.root, "linear")
+  v, seeds = args.variant, args.seeds
+  sweep = [f"finetune.seeds=({seeds},)", f"finetune.label_fractions=({args.label_fractions},)"]
+  for stage in ("align", "stmem"):
+    if not Workdir(chain).finished(stage):
+      run(main_cmd(f"configs/{stage}.py:variant={v}", chain), log)
+  if not Workdir(chain).finished("finetune"):
+    run(main_cmd(f"configs/finetune.py:variant={v},stmem=true", chain, *sweep), log)
+  link_cohort(chain, linear)
+  if not Workdir(linear).finished("finetune"):
+    run(main_cmd(f"configs/finetune.py:variant={v},mode=linear", linear, *sweep,
+                 'finetune.inits=("cmr",)', f"init.mae={Workdir(chain).checkpoints('mae')}"), log)
+  arms = {}
+  for name, (folder, overrides) in ARMS.items():
+    arms[name] = []
+    for seed in seeds.split(","):
+      workdir = os.path.join(args.root, "ablation", folder, f"seed={seed}")
+      link_cohort(chain, workdir)
+      if not Workdir(workdir).finished("align"):
+        run(main_cmd(f"configs/align.py:variant={v}", workdir, *overrides, f"seed={seed}",
+                     f"init.mae={Workdir(chain).checkpoints('mae')}"), log)
+      arms[name].append(workdir)
+  return chain, linear, arms
+
+
+def write_page(args, chain, linear, arms, log):
+  from cardionets_jax.evaluators import ablation
+  from cardionets_jax.evaluators import label_efficiency
+  figures = os.path.join(args.docs, "figures")
+  os.makedirs(figures, exist_ok=True)
+  for source, name in FIGURES.items():
+    shutil.copy(os.path.join(chain, source), os.path.join(figures, name))
+  preds, results = {}, {}
+  for workdir in (chain, linear):
+    p, r = label_efficiency.load_run(workdir)
+    preds.update(p), results.update(r)
+  labels = list(dict.fromkeys(d for r in results.values() for d in r.get("diseases", {})))
+  efficiency = label_efficiency.compare(preds, results, labels)
+  label_efficiency.figure(os.path.join(figures, "cohort_label_efficiency.png"), efficiency)
+  ablations = ablation.compare({n: ablation.load_arm(w) for n, w in arms.items()})
+  with open(os.path.join(chain, "mae", "results.json")) as f:
+    mae = json.load(f)
+  with open(os.path.join(chain, "align", "results.json")) as f:
+    align = json.load(f)
+  pools = mae["probe_r2_by_pool"]
+  rows = [f"| {p} | " + " | ".join(f"{pools[pool][p]:.3f}" for pool in pools)
+          + f" | {mae['probe_r2_random_init'][p]:.3f} |" for p in pools["tokens"]]
+  page = PAGE.format(
+      command=" ".join(["python launch/cohort_report.py"] + sys.argv[1:]),
+      pools=" | ".join(pools), rule="---|" * (len(pools) + 1),
+      probe="\n".join(rows),
+      separation=json.dumps(align["neighbour_auroc"]),
+      efficiency=label_efficiency.table(efficiency), ablation=ablation.table(ablations),
+      times="\n".join(f"| `{what}` | {seconds / 60:.1f} |" for what, seconds in log)
+      or "| (every run was already finished) | |")
+  with open(os.path.join(args.docs, "cohort.md"), "w") as f:
+    f.write(page)
+  print(f"wrote {os.path.join(args.docs, 'cohort.md')}")
+
+
+PAGE = """# What the built-in cohort shows
+
+Regenerated by `{command}`; every figure below is from that run, on the test split.
+
+## The frozen CMR teacher (mae, ridge probe, R2 by pooling of its features)
+
+| phenotype | {pools} | random init (tokens) |
+|---|{rule}
+{probe}
+
+## Held-out ECG embeddings before and after alignment
+
+![ECG embeddings](figures/cohort_ecg_embeddings.png)
+
+10-nearest-neighbour AUROC per disease: `{separation}`.
+
+## Label efficiency (the paper's figure)
+
+Mean over seeds, 95% bootstrap CIs over test subjects; differences are paired.
+
+{efficiency}
+
+![label efficiency](figures/cohort_label_efficiency.png)
+
+## Ablations of the alignment
+
+Seeds averaged; paired bootstrap CIs of the paper's arm minus each other arm.
+
+{ablation}
+
+## Wall time (2 CPU cores)
+
+| run | minutes |
+|---|---|
+{times}
+"""
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--root", required=True, help="where the runs go")
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+  parser.add_argument("--label_fractions", default="0.01,0.1,1.0", help="comma-separated")
+  parser.add_argument("--variant", default="tiny")
+  parser.add_argument("--docs", default=os.path.join(REPO, "docs"), help="where cohort.md goes")
+  args = parser.parse_args(argv)
+  log = []
+  chain, linear, arms = train_everything(args, log)
+  write_page(args, chain, linear, arms, log)
+
+
+if __name__ == "__main__":
+  main()
