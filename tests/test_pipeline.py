@@ -104,3 +104,18 @@ def test_train_iterator_with_worker_processes_matches_in_process(dataset):
     x, y = next(plain), next(workers)
     np.testing.assert_array_equal(x["subject_id"], y["subject_id"])
     np.testing.assert_array_equal(x["cmr"], y["cmr"])
+
+
+def test_a_label_subset_trains_on_exactly_its_subjects_each_once_an_epoch(dataset):
+  directory, _ = dataset
+  ids = [bytes(b["subject_id"][i]) for b, v in pipeline.eval_batches(
+      directory, "train", ("subject_id",), 16) for i in range(v)]
+  chosen = {i for i in ids if pipeline.in_subset(i, 0.3, 2)}
+  rows = pipeline.training_rows(directory, "train", ("subject_id", "cmr"), (0.3, 2))
+  assert len(rows) == len(chosen)
+  assert pipeline.training_rows(directory, "train", ("subject_id", "cmr")) is None  # all, as is
+  it = pipeline.train_iterator(directory, "train", ("subject_id",), 4, seed=0, subset=(0.3, 2))
+  n = (len(chosen) // 4) * 4
+  stream = [bytes(s) for _ in range(2 * len(chosen) // 4 + 1) for s in next(it)["subject_id"]]
+  assert set(stream) == chosen
+  assert len(set(stream[:n])) == n                      # an epoch visits each one once

@@ -37,24 +37,55 @@ def in_subset(subject_id: bytes, fraction, seed):
   return int.from_bytes(digest[:8], "little") / 2.0**64 < fraction
 
 
-@dataclasses.dataclass(frozen=True)
-class KeepSubset(grain.transforms.Filter):
-  fraction: float
-  seed: int
-
-  def filter(self, example):
-    return in_subset(example["subject_id"], self.fraction, self.seed)
+def _split_info(directory, split, fields):
+  """The split's counts; a split without a cine is refused for a stage that reads `cmr`."""
+  info = records.DatasetMeta.load(directory).splits.get(split, {})
+  if "cmr" in fields and not info.get("num_with_cmr"):
+    raise ValueError(f"Split {split!r} of {directory} has no subject with a cine, "
+                     f"and this stage reads `cmr`")
+  return info
 
 
 def _dataset(directory, split, fields):
-  meta = records.DatasetMeta.load(directory)
+  _split_info(directory, split, fields)
   ds = grain.MapDataset.source(records.data_source(directory, split))
-  if "cmr" in fields:
-    if not meta.splits.get(split, {}).get("num_with_cmr"):
-      raise ValueError(f"Split {split!r} of {directory} has no subject with a cine, "
-                       f"and this stage reads `cmr`")
-    ds = ds.filter(_has_cmr)
-  return ds
+  return ds.filter(_has_cmr) if "cmr" in fields else ds
+
+
+class Rows(grain.MapDataset):
+  """The parent's rows at `indices`, in that order: a subset chosen once, read as if it were the
+  whole split (a filter would read and drop the other rows again in every epoch)."""
+
+  def __init__(self, parent, indices):
+    super().__init__(parent)
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self):
+    return len(self._indices)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    # Indices wrap around, as a grain source's do (a shuffle asks for epoch * len + position).
+    return self._parent[int(self._indices[index % len(self._indices)])]
+
+  def __str__(self):
+    return f"Rows({len(self._indices)})"
+
+
+def training_rows(directory, split, fields, subset=(1.0, 0)):
+  """The rows a stage trains on: those with a cine if it reads `cmr`, of the seeded `subset` of
+  subjects; None when that is every row (nothing to read beforehand)."""
+  info = _split_info(directory, split, fields)
+  need_cmr = "cmr" in fields
+  if subset[0] >= 1.0 and (not need_cmr or info.get("num_with_cmr") == info.get("num_examples")):
+    return None
+  source, rows = records.data_source(directory, split), []
+  for i in range(len(source)):
+    example = source[i]
+    if (not need_cmr or _has_cmr(example)) and in_subset(example["subject_id"], *subset):
+      rows.append(i)
+  return rows
 
 
 class HostBlocks(grain.MapDataset):
@@ -90,19 +121,21 @@ def train_iterator(directory, split, fields, global_batch, *, seed, worker_count
   """An endless, checkpointable iterator of per-host batches (dicts of numpy).
 
   `subset=(fraction, seed)` trains on a seeded fraction of the subjects
-  (label-fraction experiments).
+  (label-fraction experiments). The rows are chosen before the shuffle (`training_rows`), so
+  every host walks the same stream, whatever the number of hosts.
   """
   process_count = jax.process_count()
   if global_batch % process_count:
     raise ValueError(f"Batch {global_batch} does not split over {process_count} processes")
-  ds = _dataset(directory, split, fields)
-  if subset[0] < 1.0:
-    ds = ds.filter(KeepSubset(*subset))
+  ds = grain.MapDataset.source(records.data_source(directory, split))
+  rows = training_rows(directory, split, fields, subset)
+  if rows is not None:
+    if not rows:
+      raise ValueError(f"No training rows in split {split!r} of {directory} for fields "
+                       f"{fields} and label subset {subset}")
+    ds = Rows(ds, rows)
   ds = ds.shuffle(seed=seed).repeat()
   if process_count > 1:
-    # With a filter (cine present, label subset) the skipped rows make each
-    # host's stream drift from the single-host one: batches stay disjoint
-    # and uniform, only not identical to a 1-host run.
     ds = HostBlocks(ds, global_batch, process_count, jax.process_index())
   ds = ds.map(SelectFields(tuple(fields)))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=16))
