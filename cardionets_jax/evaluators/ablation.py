@@ -14,15 +14,9 @@ import os
 import warnings
 
 import numpy as np
-from absl import app
-from absl import flags
 
 from cardionets_jax import bootstrap
 from cardionets_jax.evaluators import label_efficiency
-
-_ARM = flags.DEFINE_multi_string("arm", [], "NAME=WORKDIR[,WORKDIR...]: one arm, a run per seed.")
-_OUT = flags.DEFINE_string("out", ".", "Where ablation.md and ablation.json go.")
-_N_BOOT = flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples.")
 
 
 def load_arm(workdirs):
@@ -81,24 +75,33 @@ def table(result):
 
 
 def main(argv):
+  from absl import app
+  from absl import flags
   del argv
   arms = {}
-  for spec in _ARM.value:
+  for spec in flags.FLAGS.arm:
     name, sep, dirs = spec.partition("=")
     if not sep or not dirs:
       raise app.UsageError(f"--arm {spec!r} is not NAME=WORKDIR[,WORKDIR...]")
     arms[name] = load_arm(dirs.split(","))
   if len(arms) < 2:
     raise app.UsageError("give at least two --arm")
-  result = compare(arms, _N_BOOT.value)
-  os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "ablation.json"), "w") as f:
+  result = compare(arms, flags.FLAGS.n_boot)
+  out = flags.FLAGS.out
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "ablation.json"), "w") as f:
     json.dump(result, f, indent=1)
   text = table(result)
-  with open(os.path.join(_OUT.value, "ablation.md"), "w") as f:
+  with open(os.path.join(out, "ablation.md"), "w") as f:
     f.write(text + "\n")
   print(text)
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not on import: other modules' CLIs define --out too.
+  from absl import app
+  from absl import flags
+  flags.DEFINE_multi_string("arm", [], "NAME=WORKDIR[,WORKDIR...]: one arm, a run per seed.")
+  flags.DEFINE_string("out", ".", "Where ablation.md and ablation.json go.")
+  flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples.")
   app.run(main)
