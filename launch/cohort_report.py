@@ -42,7 +42,8 @@ def run(cmd, log):
   print("$", " ".join(cmd), flush=True)
   if subprocess.run(cmd, cwd=REPO).returncode:
     raise SystemExit(f"failed: {' '.join(cmd)}")
-  log.append((" ".join(c for c in cmd[3:] if "init." not in c), time.time() - start))
+  log.append((" ".join(c for c in cmd[3:] if not c.startswith(("--workdir", "--config.init."))),
+              time.time() - start))
 
 
 def main_cmd(config, workdir, *overrides):
