@@ -125,14 +125,10 @@ def ridge_scores(yte, pred, alphas_chosen, names=None):
   return out
 
 
-def retrieval_topk(similarity, ks=(1, 5)):
-  """Fraction of rows whose matching column (the diagonal) ranks in the top k.
-
-  Ties count against the match: its rank is the number of columns scoring at
-  least as high, itself excluded, plus one.
-  """
-  rank = retrieval_ranks(similarity)
-  return {f"top{k}": float(np.mean(rank <= k)) for k in ks}
+def top_k(ranks, ks=(1, 5)):
+  """{"top<k>": fraction of ranks <= k} for retrieval ranks (1 = the match first), any shape."""
+  ranks = np.asarray(ranks)
+  return {f"top{k}": float(np.mean(ranks <= k)) for k in ks}
 
 
 def retrieval_ranks(similarity):

@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run as a script from a checkout
 
 from cardionets_jax.workdir import Workdir  # noqa: E402
+from launch.sweep import share_cohort  # noqa: E402
 
 ARMS = {  # name -> (folder, align overrides); the first is the paper's, compared with each other
     "paper (weighted, phi = PCA)": ("paper", []),
@@ -51,13 +52,6 @@ def main_cmd(config, workdir, *overrides):
            f"--workdir={workdir}"] + [f"--config.{o}" for o in overrides])
 
 
-def link_cohort(source, workdir):
-  target, data = Workdir(workdir).data_root, Workdir(source).data_root
-  if not os.path.lexists(target):
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.symlink(os.path.abspath(data), target)
-
-
 def train_everything(args, log):
   chain, linear = os.path.join(args.root, "chain"), os.path.join(args.root, "linear")
   v, seeds = args.variant, args.seeds
@@ -67,7 +61,7 @@ def train_everything(args, log):
       run(main_cmd(f"configs/{stage}.py:variant={v}", chain), log)
   if not Workdir(chain).finished("finetune"):
     run(main_cmd(f"configs/finetune.py:variant={v},stmem=true", chain, *sweep), log)
-  link_cohort(chain, linear)
+  share_cohort(chain, linear)
   if not Workdir(linear).finished("finetune"):
     run(main_cmd(f"configs/finetune.py:variant={v},mode=linear", linear, *sweep,
                  'finetune.inits=("cmr",)', f"init.mae={Workdir(chain).checkpoints('mae')}"), log)
@@ -76,7 +70,7 @@ def train_everything(args, log):
     arms[name] = []
     for seed in seeds.split(","):
       workdir = os.path.join(args.root, "ablation", folder, f"seed={seed}")
-      link_cohort(chain, workdir)
+      share_cohort(chain, workdir)
       if not Workdir(workdir).finished("align"):
         run(main_cmd(f"configs/align.py:variant={v}", workdir, *overrides, f"seed={seed}",
                      f"init.mae={Workdir(chain).checkpoints('mae')}"), log)

@@ -80,7 +80,7 @@ def share_cohort(upstream, workdir):
   source, target = Workdir(upstream).data_root, Workdir(workdir).data_root
   if os.path.isdir(source) and not os.path.lexists(target):
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.symlink(source, target)
+    os.symlink(os.path.abspath(source), target)   # a relative target would resolve from the link
 
 
 def flatten(tree, prefix=""):

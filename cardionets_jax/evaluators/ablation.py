@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 from cardionets_jax import bootstrap
+from cardionets_jax import evaluate
 from cardionets_jax.evaluators import label_efficiency
 
 
@@ -31,9 +32,8 @@ def load_arm(workdirs):
 
 
 def top_k(k):
-  fn = lambda ranks: float(np.mean(ranks <= k))   # ranks (n, S): the mean over seeds and subjects
-  fn.__name__ = f"top{k}"
-  return fn
+  """Retrieval top-k of ranks (n, S): the mean over seeds and subjects."""
+  return lambda ranks: evaluate.top_k(ranks, (k,))[f"top{k}"]
 
 
 METRICS = {

@@ -11,6 +11,6 @@ def ecg_to_cmr(ecg_embeddings, cmr_embeddings, split, ks=(1, 5)):
   norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
   n = len(ecg_embeddings)
   ranks = evaluate.retrieval_ranks(norm(ecg_embeddings) @ norm(cmr_embeddings).T)
-  return dict({f"top{k}": float(np.mean(ranks <= k)) for k in ks},
+  return dict(evaluate.top_k(ranks, ks),
               chance={f"top{k}": min(k / n, 1.0) for k in ks}, n=n, split=split,
               ranks=[int(r) for r in ranks])

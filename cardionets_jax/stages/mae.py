@@ -203,7 +203,8 @@ def run(config, context):
   state = trainer.fit(on_eval)
   final_loss = evaluator.reconstruction_loss(state.params)
   probed = evaluator.probe(state.params)
-  by_pool = {pool: evaluator.probe(state.params, pool)["r2"] for pool in vit.POOLS}
+  by_pool = {pool: probed["r2"] if pool == config.model.pool
+             else evaluator.probe(state.params, pool)["r2"] for pool in vit.POOLS}
   step = int(state.step)
   results = dict(
       stage="mae", variant=config.variant, step=step,
