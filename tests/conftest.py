@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 tfds.disable_progress_bar()
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
   """Under xdist, the tests that read the shared trained workdir run on one worker, so the chain
   that makes it runs once (`--dist loadgroup`)."""

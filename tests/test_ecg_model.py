@@ -91,7 +91,7 @@ def small():
   model = small_encoder()
   rng = np.random.default_rng(1)
   x = rng.normal(size=(2, 12, 1500)).astype(np.float32)
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), x[:1])["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])["params"])
   return model, jax.jit(model.apply), params, x
 
 
@@ -166,11 +166,12 @@ def test_input_length_checks_and_shorter_input(small):
 def test_bfloat16_compute_and_dropout_training():
   model = small_encoder(depth=1, dropout=0.1, dtype=jnp.bfloat16)
   x = np.random.default_rng(3).normal(size=(2, 12, 1500)).astype(np.float32)
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), x)["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"])
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  feats = model.apply({"params": params}, x)
+  apply = jax.jit(model.apply, static_argnames="train")
+  feats = apply({"params": params}, x)
   assert feats.dtype == jnp.float32 and np.isfinite(feats).all()
-  train = [model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(i)})
+  train = [apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(i)})
            for i in (1, 2)]
   assert np.abs(np.asarray(train[0] - train[1])).max() > 0
-  np.testing.assert_array_equal(model.apply({"params": params}, x), feats)   # eval: deterministic
+  np.testing.assert_array_equal(apply({"params": params}, x), feats)   # eval: deterministic

@@ -60,7 +60,9 @@ def test_rematted_vae_equals_the_plain_one():
                latent_channels=2, temporal_down=(True,), mid_attention_heads=2)
   video = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 8, 8), minval=-1, maxval=1)
   plain = vae3d.VAE3D(**sizes)
-  params = nn.meta.unbox(plain.init(jax.random.PRNGKey(0), video, sample=False)["params"])
+  # Init as one program: op by op, a VAE's init costs the suite seconds.
+  params = nn.meta.unbox(jax.jit(lambda r: plain.init(r, video, sample=False))(
+      jax.random.PRNGKey(0))["params"])
 
   def loss_and_grads(model):
     loss = lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, video, sample=False)[0] - video))

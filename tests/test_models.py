@@ -93,8 +93,8 @@ def test_patchify_round_trip_and_token_content(patch):
 def test_mae_masks_the_configured_ratio(tiny_config):
   model = mae.build_model(tiny_config)
   video = jnp.zeros((3, 8, 16, 16), jnp.uint8)
-  params = mae.init_params(model, tiny_config, jax.random.PRNGKey(0))
-  pred, mask = model.apply({"params": params}, video, rngs={"mask": jax.random.PRNGKey(1)})
+  params = jax.jit(lambda r: mae.init_params(model, tiny_config, r))(jax.random.PRNGKey(0))
+  pred, mask = jax.jit(model.apply)({"params": params}, video, rngs={"mask": jax.random.PRNGKey(1)})
   n = model.encoder.num_patches
   assert pred.shape == (3, n, 8 * 8 * 8)
   np.testing.assert_array_equal(mask.sum(axis=1), [n - round(n * 0.25)] * 3)

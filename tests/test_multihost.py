@@ -1,5 +1,6 @@
-"""Multi-controller training: 2 processes x 2 CPU devices end where 1 process x 4 devices does,
-for mae, align and finetune (every stage the finetune run trains), on a data x fsdp mesh."""
+"""Multi-controller training: 2 processes x 2 CPU devices on a data x fsdp mesh end where the
+suite's shared chain (1 process, 1 device) does, for mae, align and finetune (every stage the
+finetune run trains)."""
 
 import os
 import socket
@@ -10,27 +11,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cardionets_jax import orchestrate
-from cardionets_jax.train import mesh as mesh_lib
 from cardionets_jax.workdir import Workdir
 from tests.conftest import REPO
-from tests.conftest import stage_test_config
 from tests.conftest import subprocess_env
 
-METHOD = "aligned-full-labels1-seed0"
-# Every label: a label subset filters examples, and filtered streams differ between host counts.
+# The shared chain's method, at its label fraction: a label subset is chosen by row before the
+# shuffle, so every host count walks the same stream.
+METHOD = "aligned-full-labels0.5-seed0"
 FLAGS = ["--config=configs/finetune.py:variant=test", "--config.finetune.inits=('aligned',)",
-         "--config.finetune.label_fractions=(1.0,)", "--config.mesh.shape.fsdp=2",
-         "--config.train.num_steps=6"]   # 2 evaluations: enough for the processes to agree on
-
-
-def _config():
-  """FLAGS as a config, for the 1-process reference run in this process."""
-  config = stage_test_config("finetune")
-  config.finetune.update(inits=("aligned",), label_fractions=(1.0,))
-  config.mesh.shape.fsdp = 2
-  config.train.num_steps = 6
-  return config
+         "--config.mesh.shape.fsdp=2"]
 
 
 def _command(workdir, *extra):
@@ -66,12 +55,8 @@ def _assert_same_params(one, two, stage):
   assert compared > 10, stage
 
 
-def test_two_processes_match_one_process(tmp_path):
-  # The reference: one process driving 4 devices (this one, on 4 of its 8 simulated devices).
-  config = _config()
-  orchestrate.run(config, str(tmp_path / "one"),
-                  mesh=mesh_lib.make_mesh(config.mesh, jax.devices()[:4]))
-
+def test_two_processes_match_one_process(trained_workdir, tmp_path):
+  # The reference: the shared chain, one process on one device, at the same sizes and steps.
   # The two processes share a compilation cache of their own: a suite cache left by earlier
   # runs (other programs, entries of killed runs) has been seen to hang their first collective.
   port = _free_port()
@@ -87,7 +72,7 @@ def test_two_processes_match_one_process(tmp_path):
   # Process 0 logs for the run; process 1 stays quiet.
   assert "Held-out reconstruction loss" in outs[0][1] and "Held-out reconstruction loss" not in outs[1][1]
 
-  one, two = Workdir(tmp_path / "one"), Workdir(tmp_path / "two")
+  one, two = Workdir(trained_workdir), Workdir(tmp_path / "two")
   for stage, run in (("mae", None), ("align", None), ("finetune", METHOD)):
     _assert_same_params(_params(one.checkpoints(stage, run)), _params(two.checkpoints(stage, run)),
                         stage)

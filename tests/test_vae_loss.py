@@ -68,8 +68,8 @@ def test_last_layer_gradient_equals_autodiff_through_the_whole_vae():
   vae = _small_vae(cyclic_context=2)
   video = jnp.asarray(np.random.default_rng(2).integers(0, 256, (2, 4, 8, 8)), jnp.uint8)
   target = vae3d.cmr_to_float(video)[:, ::-1]
-  params = nn.unbox(vae.init({"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)},
-                             video)["params"])
+  params = nn.unbox(jax.jit(vae.init)({"params": jax.random.PRNGKey(0),
+                                       "sample": jax.random.PRNGKey(1)}, video)["params"])
   loss = lambda recon: jnp.mean(jnp.abs(recon - target)) + jnp.mean(recon ** 3)
 
   def whole(p):
