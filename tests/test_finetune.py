@@ -5,7 +5,6 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cardionets_jax.data import pipeline
