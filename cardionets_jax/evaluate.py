@@ -42,10 +42,15 @@ def ridge_fit(x, y, alpha):
   return ridge_path(x, y, (alpha,))[float(alpha)]
 
 
-def _standardiser(x):
+def _moments(x):
+  """Per-feature mean and std (1 where a feature is constant)."""
   x = np.asarray(x, np.float64)
-  mean, std = x.mean(0), x.std(0)
-  std = np.where(std > 0, std, 1.0)
+  std = x.std(0)
+  return x.mean(0), np.where(std > 0, std, 1.0)
+
+
+def _standardiser(x):
+  mean, std = _moments(x)
   return lambda v: (np.asarray(v, np.float64) - mean) / std
 
 
@@ -56,13 +61,23 @@ def fit_ridge_probe(train, val, alphas):
   Returns `predict(features) -> (n, P)` (NaN for a target too sparse to fit)
   and the chosen alphas (P,). Targets missing on the same training rows share one fit.
   """
+  w, b, chosen = ridge_probe_weights(train, val, alphas)
+  return lambda x: np.asarray(x, np.float64) @ w + b, chosen
+
+
+def ridge_probe_weights(train, val, alphas):
+  """`fit_ridge_probe` as the linear map itself on the raw features: (w (d, P), b (P,), chosen
+  alphas (P,)); a target too sparse to fit gets zero weights and a NaN bias and alpha."""
   (xtr, ytr), (xva, yva) = train, val
-  standard = _standardiser(xtr)
+  mean, std = _moments(xtr)
+  standard = lambda v: (np.asarray(v, np.float64) - mean) / std
   xtr, xva = standard(xtr), standard(xva)
-  fits = [None] * ytr.shape[1]
+  num_targets = ytr.shape[1]
+  w, b, chosen = np.zeros((xtr.shape[1], num_targets)), np.full(num_targets, np.nan), np.full(
+      num_targets, np.nan)
   present = ~np.isnan(ytr)
-  for rows in {present[:, j].tobytes(): present[:, j] for j in range(ytr.shape[1])}.values():
-    cols = [j for j in range(ytr.shape[1]) if np.array_equal(present[:, j], rows)]
+  for rows in {present[:, j].tobytes(): present[:, j] for j in range(num_targets)}.values():
+    cols = [j for j in range(num_targets) if np.array_equal(present[:, j], rows)]
     if rows.sum() < 2:
       continue
     path = ridge_path(xtr[rows], ytr[rows][:, cols], alphas)
@@ -70,15 +85,12 @@ def fit_ridge_probe(train, val, alphas):
       va = ~np.isnan(yva[:, j])
       if va.sum() < 2:
         continue
-      scores = {a: r2_score(yva[va, j], xva[va] @ w[:, k] + b[k]) for a, (w, b) in path.items()}
+      scores = {a: r2_score(yva[va, j], xva[va] @ wa[:, k] + ba[k]) for a, (wa, ba) in path.items()}
       best = max(scores, key=scores.get)   # the first of equal scores, in `alphas` order
-      fits[j] = (best, path[best][0][:, k], path[best][1][k])
-
-  def predict(x):
-    x = standard(x)
-    return np.stack([x @ f[1] + f[2] if f else np.full(len(x), np.nan) for f in fits], axis=1)
-
-  return predict, np.array([f[0] if f else np.nan for f in fits])
+      wk, bk = path[best][0][:, k], path[best][1][k]
+      # Standardisation folded in: ((x - mean) / std) @ wk + bk == x @ (wk / std) + b.
+      w[:, j], b[j], chosen[j] = wk / std, bk - (mean / std) @ wk, best
+  return w, b, chosen
 
 
 def fit_ridge_map(train, val, alphas):

@@ -72,6 +72,31 @@ def test_ridge_probe_recovers_linear_targets_and_skips_missing():
   assert out["signal"]["n_test"] == 100 - len(range(0, 100, 7))
 
 
+def test_ridge_probe_weights_are_sklearns_standardised_ridge_on_the_raw_features():
+  # What a finetune head starts from (LP-FT): the probe's map with the standardisation folded in.
+  rng = np.random.default_rng(6)
+  def split(n):
+    x = rng.normal(size=(n, 5)) * np.arange(1, 6) + 2.0
+    y = np.stack([x @ rng.normal(size=5) + rng.normal(size=n), rng.normal(size=n)], axis=1)
+    y[::4, 1] = np.nan
+    return x, y
+  train, val = split(40), split(30)
+  alphas = (0.1, 10.0, 1e4)
+  w, b, chosen = evaluate.ridge_probe_weights(train, val, alphas)
+  scaler = preprocessing.StandardScaler().fit(train[0])
+  for j in range(2):
+    rows, va = ~np.isnan(train[1][:, j]), ~np.isnan(val[1][:, j])
+    refs = {a: linear_model.Ridge(alpha=a).fit(scaler.transform(train[0][rows]), train[1][rows, j])
+            for a in alphas}
+    r2 = {a: metrics.r2_score(val[1][va, j], r.predict(scaler.transform(val[0][va])))
+          for a, r in refs.items()}
+    assert chosen[j] == max(r2, key=r2.get)
+    np.testing.assert_allclose(val[0] @ w[:, j] + b[j],
+                               refs[chosen[j]].predict(scaler.transform(val[0])), rtol=1e-8)
+  predict, _ = evaluate.fit_ridge_probe(train, val, alphas)
+  np.testing.assert_allclose(predict(val[0]), val[0] @ w + b)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_release_threshold_report_wilson_intervals_match_scipy(seed):
   from scipy import stats

@@ -6,6 +6,7 @@ import os
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from cardionets_jax.data import pipeline
 from cardionets_jax.evaluators import clinical
@@ -60,7 +61,7 @@ def test_release_preset_one_model_per_task_with_the_mlp_head():
   from cardionets_jax_configs import finetune as ft_configs
   config = ft_configs.get_config("variant=test,preset=release")
   f = config.finetune
-  assert f.per_task and f.phenotype_head == "mlp" and f.layer_decay == 1.0
+  assert f.per_task and f.phenotype_head == "mlp" and f.layer_decay == 1.0 and f.head_init == "random"
   assert config.train.weight_decay == 0.0 and config.train.b2 == 0.999
   meta = type("Meta", (), dict(phenotype_names=["a", "b", "c"], phenotype_units=["mL"] * 3,
                                label_names=["x", "y"], phenotype_mean=[0.0] * 3,
@@ -109,6 +110,11 @@ def test_finetune_stage_reports_every_method(trained_workdir):
   assert handed_on["aligned-full-labels0.5-seed0"]["checkpoint"].startswith(
       f"{tmp_path}/finetune/aligned-full-labels0.5-seed0/checkpoints/")
   assert set(results["upstream"]) == {"align", "mae"}
+  # Each method's heads start as ridge probes of its encoder, scored by early stopping as step 0.
+  for name in results["methods"]:
+    with open(out / name / "metrics.jsonl") as fh:
+      scores = [json.loads(line) for line in fh if '"score"' in line]
+    assert scores[0]["step"] == 0 and np.isfinite(scores[0]["score"]), name
 
 
 def test_summary_table_averages_seeds_and_shows_cis():
@@ -128,3 +134,30 @@ def test_summary_table_averages_seeds_and_shows_cis():
                               "scratch-full@0.1": "0.200 (0.100-0.300)"}
   assert cells["mean phenotype R2"]["scratch-full@0.1"] == "0.200"
   assert list(cells) == ["lvef R2", "mean phenotype R2", "cm AUROC (7 pos / 40 neg)"]
+
+
+def test_probe_heads_turn_a_linear_probability_probe_into_logits_and_keep_shardings():
+  from cardionets_jax.stages import probe_heads
+  from jax.sharding import NamedSharding, PartitionSpec
+  rng = np.random.default_rng(0)
+  w, b = rng.normal(size=(4, 3)), np.array([0.3, 0.5, np.nan])
+  labels = np.array([[1, 0, -1], [0, 0, -1], [0, 0, -1], [1, 0, -1]], np.int8)   # 50%, 0%, unknown
+  kernel, bias = probe_heads._disease_logit_head(w, b, labels)
+  # Both classes: the tangent of the logit at the prevalence (0.5): slope 4, and p = 0.5 -> 0.
+  np.testing.assert_allclose(kernel[:, 0], 4 * w[:, 0])
+  assert bias[0] == pytest.approx(4 * (0.3 - 0.5))
+  # One class, or none known: no weights, the clipped prior's logit.
+  assert not kernel[:, 1:].any()
+  assert bias[1] == pytest.approx(np.log(0.02 / 0.98)) and bias[2] == pytest.approx(0.0)
+
+  mesh = jax.make_mesh((8,), ("data",))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  params = {"encoder": {"w": jax.device_put(np.ones(2, np.float32), replicated)},
+            "disease_head": {"kernel": jax.device_put(np.zeros((4, 3), np.float32), replicated),
+                             "bias": jax.device_put(np.zeros(3, np.float32), replicated)}}
+  out = probe_heads.put(params, {"disease_head": (kernel, bias)})
+  assert out["encoder"] is params["encoder"]
+  for key, want in (("kernel", kernel), ("bias", bias)):
+    leaf = out["disease_head"][key]
+    assert leaf.dtype == np.float32 and leaf.sharding == replicated
+    np.testing.assert_allclose(leaf, want.astype(np.float32))

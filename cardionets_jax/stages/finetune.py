@@ -33,6 +33,7 @@ from cardionets_jax.stages import align
 from cardionets_jax.stages import common
 from cardionets_jax.stages import context as context_lib
 from cardionets_jax.stages import mae
+from cardionets_jax.stages import probe_heads
 from cardionets_jax.train import checkpoint as ckpt_lib
 from cardionets_jax.train import loop
 from cardionets_jax.train import metrics as metrics_lib
@@ -42,6 +43,7 @@ UPSTREAM_OF_INIT = {"aligned": "align", "stmem": "stmem", "cmr": "mae"}  # scrat
 ENCODER_SUBTREE = {"aligned": ("params", "ecg_encoder"), "stmem": ("params", "encoder"),
                    "cmr": ("params", "encoder")}
 PHENOTYPE_HEADS = ("linear", "mlp")
+HEAD_INITS = ("probe", "random")
 
 
 def upstream(config):
@@ -144,6 +146,8 @@ class Method:
       raise ValueError(f"finetune.inits holds {init!r}; known: {INITS}")
     self.config, self.init, self.fraction, self.seed = config, init, fraction, seed
     f = config.finetune
+    if f.head_init not in HEAD_INITS:
+      raise ValueError(f"finetune.head_init is {f.head_init!r}; known: {HEAD_INITS}")
     self.mode, self.tasks = f.mode, tuple(tasks or f.tasks)
     self.name = method_name(init, self.mode, fraction, seed) + (f"-{'+'.join(tasks)}" if tasks
                                                                else "")
@@ -263,27 +267,47 @@ class Method:
 
   # ---- evaluation ----------------------------------------------------------------------------
 
+  def _features(self, variables, batch, pre_cropped=False):
+    """The encoder's features, averaged over `finetune.eval_crops` crops of batch["ecg"]
+    (B, 12, T); `pre_cropped`: over the crops given, (B, crops, 12, T') (the release's
+    preprocessing order)."""
+    model = self.model
+    if self.input != "ecg":
+      return model.apply({"params": variables}, batch["cmr"], method=model.features)
+    ecg = batch["ecg"]
+    crops = ([ecg[:, i] for i in range(ecg.shape[1])] if pre_cropped else
+             align.eval_crops(ecg, self.encoder_config.model.num_samples,
+                              self.config.finetune.eval_crops))
+    feats = [model.apply({"params": variables}, crop, batch["lead_mask"], method=model.features)
+             for crop in crops]
+    return jnp.mean(jnp.stack(feats), axis=0)
+
   def predictor(self, pre_cropped=False):
-    """jit(variables, batch) -> (phenotype z-scores, disease probabilities), the features
-    averaged over `finetune.eval_crops` crops of batch["ecg"] (B, 12, T); `pre_cropped`: over
-    the crops given, (B, crops, 12, T') (the release's preprocessing order)."""
-    model, num_samples = self.model, self.encoder_config.model.num_samples
-    count = self.config.finetune.eval_crops
+    """jit(variables, batch) -> (phenotype z-scores, disease probabilities) (see `_features`)."""
+    model = self.model
 
     def predict(variables, batch):
-      if self.input == "ecg":
-        ecg = batch["ecg"]
-        crops = ([ecg[:, i] for i in range(ecg.shape[1])] if pre_cropped
-                 else align.eval_crops(ecg, num_samples, count))
-        feats = [model.apply({"params": variables}, crop, batch["lead_mask"], method=model.features)
-                 for crop in crops]
-        feats = jnp.mean(jnp.stack(feats), axis=0)
-      else:
-        feats = model.apply({"params": variables}, batch["cmr"], method=model.features)
+      feats = self._features(variables, batch, pre_cropped)
       phen, logits = model.apply({"params": variables}, feats, method=model.heads)
       return phen, jax.nn.sigmoid(logits)
 
     return jax.jit(predict)
+
+  def _probe_heads(self, trainer):
+    """fit's `start`: the linear heads set to ridge probes of the starting encoder."""
+    features = jax.jit(self._features)
+    names = {name: self.split(name) for name in ("train", "val")}
+
+    def start(state):
+      heads = probe_heads.fit(
+          lambda batch: features({**state.frozen, **state.params}, batch), self.data_dir, names,
+          self.fields[:-2], (self.fraction, self.seed), trainer.mesh, trainer.rules,
+          self.phen_mean, self.phen_std, self.config.finetune.probe_alphas, self.model.tasks)
+      if self.config.finetune.phenotype_head != "linear":
+        heads.pop("phenotype_head", None)   # the MLP head reads its hidden layer, not features
+      return state.replace(params=probe_heads.put(state.params, heads))
+
+    return start
 
   def predictions(self, predict, variables, split, trainer):
     (phen_z, probs), kept = splits.map_split(
@@ -313,7 +337,9 @@ class Method:
     variables = lambda state: {**state.frozen, **state.params}
     score = lambda state, step: clinical.selection_score(
         self.predictions(predict, variables(state), "val", trainer), self.tasks)
-    state = trainer.fit(early_stopping=loop.EarlyStopping(score, self.config.finetune.patience))
+    start = self._probe_heads(trainer) if self.config.finetune.head_init == "probe" else None
+    state = trainer.fit(early_stopping=loop.EarlyStopping(score, self.config.finetune.patience),
+                        start=start)
     stopped = bool(trainer.progress.get("stopped")) and int(state.step) < cfg.train.num_steps
     best = trainer.progress.get("best_step")
     if best is not None and best != int(state.step):

@@ -158,12 +158,15 @@ class Trainer:
                     "state; train.num_steps=%d", ckpt_lib.saved_config(reference).converted_from.file,
                     reference, self.config.train.num_steps)
 
-  def fit(self, on_eval: Optional[Callable] = None, early_stopping: Optional[EarlyStopping] = None):
+  def fit(self, on_eval: Optional[Callable] = None, early_stopping: Optional[EarlyStopping] = None,
+          start: Optional[Callable] = None):
     """Trains to config.train.num_steps, resuming from the latest checkpoint.
 
     `on_eval(state, step, writer)` runs every train.eval_every steps. With `early_stopping` each
     evaluation's score is checkpointed (the best step is kept) and training ends after `patience`
     evaluations without a better one; a rerun of a stopped or finished run trains nothing.
+    `start(state) -> state` runs once, on a run that starts at step 0 (never on a resume): a
+    closed-form initialisation, which early stopping then scores as step 0.
     """
     tcfg = self.config.train
     data_iter = self._data_iterator()
@@ -173,6 +176,10 @@ class Trainer:
     writer = metrics_lib.MetricWriter(self.stage_dir)
     log = _MetricLog(writer, metrics_lib.Progress(tcfg.num_steps, tcfg.batch_size, first_step=step),
                      ckpt, self.checkpoint_dir)
+    if start is not None and step == 0 and "last_step" not in self.progress:
+      self.state = start(self.state)
+      score = self._evaluate(0, None, early_stopping, writer)
+      ckpt.save(0, self.state, data_iter, self.config, self.progress, score)
     if step >= tcfg.num_steps or self.progress.get("stopped"):
       metrics_lib.log("Training already finished (step %d%s)", step,
                       ", early-stopped" if self.progress.get("stopped") else "")
@@ -204,7 +211,7 @@ class Trainer:
   def _evaluate(self, step, on_eval, early_stopping, writer):
     """Runs the evaluations due at `step`; returns the early-stopping score, if one was taken."""
     every = self.config.train.eval_every
-    if not every or step % every:
+    if not every or step % every or (step == 0 and early_stopping is None):
       return None
     if on_eval is not None:
       on_eval(self.state, step, writer)
