@@ -297,14 +297,16 @@ class Method:
     """fit's `start`: the linear heads set to ridge probes of the starting encoder."""
     features = jax.jit(self._features)
     names = {name: self.split(name) for name in ("train", "val")}
+    # The heads the model has that read the features (the MLP's last layer reads its hidden one).
+    tasks = [t for t, linear in (
+        ("phenotypes", self.model.predicts_phenotypes and self.model.phenotype_head == "linear"),
+        ("disease", self.model.predicts_disease)) if linear]
 
     def start(state):
       heads = probe_heads.fit(
           lambda batch: features({**state.frozen, **state.params}, batch), self.data_dir, names,
           self.fields[:-2], (self.fraction, self.seed), trainer.mesh, trainer.rules,
-          self.phen_mean, self.phen_std, self.config.finetune.probe_alphas, self.model.tasks)
-      if self.config.finetune.phenotype_head != "linear":
-        heads.pop("phenotype_head", None)   # the MLP head reads its hidden layer, not features
+          self.phen_mean, self.phen_std, self.config.finetune.probe_alphas, tasks)
       return state.replace(params=probe_heads.put(state.params, heads))
 
     return start

@@ -211,7 +211,7 @@ class Trainer:
   def _evaluate(self, step, on_eval, early_stopping, writer):
     """Runs the evaluations due at `step`; returns the early-stopping score, if one was taken."""
     every = self.config.train.eval_every
-    if not every or step % every or (step == 0 and early_stopping is None):
+    if not every or step % every:
       return None
     if on_eval is not None:
       on_eval(self.state, step, writer)
