@@ -16,6 +16,10 @@ INSTALL_REQUIRES = [
     "wfdb>=4.3",
     "pydicom>=3.0",  # DICOM ECG waveforms and DICOM cine CMR series (data/readers.py)
     "nibabel>=5.0",  # NIfTI cine CMR (data/readers.py)
+    "defusedxml>=0.7",  # the XML ECG archives (data/archive_ecg.py): no entity expansion
+    # Philips Sierra XML (XLI) and SCP-ECG (Huffman) decoding (data/archive_ecg.py); its core
+    # needs only numpy, defusedxml and xmltodict.
+    "ecgdatakit>=2.0.3,<3",
     "ml-collections>=1.1",
     "absl-py>=2.1",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow

@@ -2,9 +2,9 @@
 
   python -m cardionets_jax.predict --workdir=DIR --ecg=PATH [PATH ...] --out=OUT
 
-PATH is an ECG record (WFDB, DICOM waveform, .npy / .csv with --fs), a
-directory of them, or a manifest CSV with an `ecg_path` column (and
-optionally `subject_id`, `ecg_fs`). DIR is a workdir where finetune (and,
+PATH is an ECG record (WFDB, DICOM waveform, MUSE / CardioSoft / Sierra XML,
+HL7 aECG, SCP-ECG, .npy / .csv with --fs), a directory of them, or a
+manifest CSV with an `ecg_path` column (and optionally `subject_id`, `ecg_fs`). DIR is a workdir where finetune (and,
 for the cine, mar) have run. Per record OUT gets <record>.json,
 <record>.nii.gz, <record>.gif and <record>.png; OUT/summary.csv has a row
 per record, failures included, named by the unique, file-safe form of each

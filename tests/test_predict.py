@@ -156,7 +156,7 @@ def test_awkward_inputs_each_get_a_row_and_outputs_stay_in_their_folder(trained_
   failed = {r["id"]: r["reason"] for r in rows if r["status"] == "failed"}
   assert failed == {"bad_rate": "sampling_rate", "short_row": "field_count",
                     "microvolts": "amplitude_units", "no_path": "missing_file",
-                    "dat_only.dat": "missing_file", "export.xml": "unsupported_format"}
+                    "dat_only.dat": "missing_file", "export": "unreadable"}
   created = _files_under(tmp_path) - before
   assert created and all(os.path.commonpath([p, str(out)]) == str(out) for p in created)
   for r in rows:

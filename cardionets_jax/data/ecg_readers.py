@@ -1,7 +1,7 @@
-"""ECG readers: 12-lead ECGs from WFDB, DICOM waveforms, `.npy` and `.csv`, in mV.
+"""ECG readers: 12-lead ECGs from WFDB, DICOM waveforms, archive XML / SCP, `.npy`, `.csv`, in mV.
 
-`read_ecg` reads WFDB (PTB-XL / MIMIC-IV-ECG layouts), DICOM 12-lead waveform objects, `.npy` and
-`.csv`, and returns an `EcgRecord` with canonical lead names (`canonical_lead`, STANDARD_LEADS
+`read_ecg` reads WFDB (PTB-XL / MIMIC-IV-ECG layouts), DICOM 12-lead waveform objects, the archive
+formats of archive_ecg.py, `.npy` and `.csv`, and returns an `EcgRecord` with canonical lead names (`canonical_lead`, STANDARD_LEADS
 spelling). Failures raise `RecordError` (record_errors.py) with a reason from `REASONS` and a
 message naming the file and the lead or field at fault.
 
@@ -136,6 +136,8 @@ def read_ecg(path: str, fs: float | None = None, *, units: str = "mV",
     * WFDB: `X.hea`, `X.dat` (read with `X.hea` beside it), or the record name `X` (PTB-XL
       `records500/00000/00001_hr`, MIMIC-IV-ECG `files/p1000/p10000032/s40689238/40689238`).
     * DICOM 12-lead ECG waveform: `*.dcm` or any file with the DICM preamble.
+    * GE MUSE XML, GE CardioSoft XML (UK Biobank 20205), HL7 aECG, Philips Sierra XML and
+      SCP-ECG, recognised from the content whatever the extension (archive_ecg.py).
     * `.npy` of shape (12, T) or (T, 12) and `.csv` (a header row of lead names, one column per
       lead; or no header and 12 columns), both in standard lead order when unnamed, in `units`.
   `fs` is required for `.npy`/`.csv` ("sampling_rate" without it). WFDB and DICOM files carry their
@@ -145,9 +147,7 @@ def read_ecg(path: str, fs: float | None = None, *, units: str = "mV",
   """
   p = os.fspath(path)
   low = p.lower()
-  if low.endswith(".hea"):
-    return _read_wfdb(p[:-4], p, fs, strict_fs)
-  if low.endswith(".dat"):
+  if low.endswith((".hea", ".dat")):
     return _read_wfdb(p[:-4], p, fs, strict_fs)
   for ext, reader in ((".npy", _read_ecg_npy), (".csv", _read_ecg_csv)):
     if low.endswith(ext):
@@ -166,10 +166,14 @@ def read_ecg(path: str, fs: float | None = None, *, units: str = "mV",
     _fail("unsupported_format", p, "is a directory, not an ECG file")
   if _has_dicm_preamble(p):
     return _read_dicom_ecg(p, fs, strict_fs)
+  from cardionets_jax.data import archive_ecg  # pylint: disable=import-outside-toplevel
+  fmt = archive_ecg.sniff_format(p)  # (it imports this module: imported here, not above)
+  if fmt is not None:
+    return archive_ecg.read_archive_ecg(p, fmt, fs, strict_fs)
   if os.path.exists(p + ".hea"):
     return _read_wfdb(p, p, fs, strict_fs)
-  _fail("unsupported_format", p,
-        "not a recognised ECG format (WFDB .hea/.dat, DICOM waveform, .npy, .csv)")
+  _fail("unsupported_format", p, "not a recognised ECG format (WFDB .hea/.dat, DICOM waveform, "
+        "GE MUSE / CardioSoft XML, HL7 aECG, Philips Sierra XML, SCP-ECG, .npy, .csv)")
 
 
 # Bytes per sample of the WFDB formats whose file size follows exactly from the header.
@@ -391,11 +395,9 @@ def _read_ecg_npy(path, fs, units):
   except Exception as e:  # pylint: disable=broad-except  (object arrays land here: no unpickling)
     _fail("unreadable", path, f"cannot load .npy: {type(e).__name__}: {e}")
   arr = _as_float_array(arr, path)
-  if arr.ndim == 2 and arr.shape[0] == 12 and arr.shape[1] != 12:
-    pass
-  elif arr.ndim == 2 and arr.shape[1] == 12 and arr.shape[0] != 12:
+  if arr.ndim == 2 and arr.shape[1] == 12 and arr.shape[0] != 12:
     arr = arr.T
-  else:
+  elif not (arr.ndim == 2 and arr.shape[0] == 12 and arr.shape[1] != 12):
     _fail("unreadable", path, f"array of shape {arr.shape}: expected (12, T) or (T, 12) in "
           "standard lead order")
   scale = _unit_scale(units)

@@ -1,8 +1,10 @@
 """Readers for raw 12-lead ECGs and cine CMRs, with precise, named failures: the one public entry.
 
-The rest of the tree imports the readers from here; the code lives in three modules:
-  * ecg_readers.py: `read_ecg` (WFDB, DICOM waveform, `.npy`, `.csv`), `EcgRecord`,
-    `STANDARD_LEADS`, `canonical_lead`, and the sampling-rate and unit helpers;
+The rest of the tree imports the readers from here; the code lives in four modules:
+  * ecg_readers.py: `read_ecg` (WFDB, DICOM waveform, `.npy`, `.csv`, and the archive formats
+    through archive_ecg.py), `EcgRecord`, `STANDARD_LEADS`, `canonical_lead`, and the
+    sampling-rate and unit helpers;
+  * archive_ecg.py: GE MUSE and CardioSoft XML, HL7 aECG, Philips Sierra XML, SCP-ECG;
   * cmr_readers.py: `read_cmr` (NIfTI, DICOM series / multi-frame, `.npy`, `.npz`);
   * record_errors.py: `RecordError` and its `REASONS`, shared by both.
 

@@ -18,7 +18,7 @@ from cardionets_jax.data import preprocess
 from cardionets_jax.data import readers
 from cardionets_jax.workdir import unique_names
 
-ECG_SUFFIXES = (".hea", ".dcm", ".npy", ".csv")
+ECG_SUFFIXES = (".hea", ".dcm", ".xml", ".scp", ".npy", ".csv")
 # Files that belong to a WFDB record named by its .hea, not records of their own.
 WFDB_COMPANIONS = (".dat", ".atr", ".qrs", ".ecg", ".xyz", ".mat")
 
