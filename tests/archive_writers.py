@@ -182,3 +182,43 @@ def random_adc(rng, n_leads=12, seconds=10, fs=500, amplitude_steps=400):
   t = np.arange(int(seconds * fs)) / fs
   waves = [amplitude_steps * np.sin(2 * np.pi * f * t + p) for f, p in rng.uniform(0.5, 8, (n_leads, 2))]
   return (np.asarray(waves) + rng.integers(-20, 20, (n_leads, t.size))).astype(np.int16)
+
+
+def write_ukb_lax_zip(path, cines, *, shuffle=True, seed=0):
+  """A UK Biobank field-20208 zip: one single-frame MR DICOM per frame of each cine in `cines`
+  ({SeriesDescription: (F, H, W) uint16}), each series its own SeriesInstanceUID, frames with
+  TriggerTime 20 ms apart (and InstanceNumber from 1), members in a shuffled order under
+  scanner-style names, and the zip's "manifest.cvs" index."""
+  import io
+  import zipfile
+
+  import pydicom
+  from pydicom.dataset import Dataset, FileMetaDataset
+  from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+  members, rng = [], np.random.default_rng(seed)
+  for description, cine in cines.items():
+    series = generate_uid()
+    for f, frame in enumerate(np.asarray(cine, np.uint16)):
+      uid = generate_uid()
+      meta = FileMetaDataset()
+      meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", uid
+      meta.TransferSyntaxUID = ExplicitVRLittleEndian
+      ds = Dataset()
+      ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, "1.2.840.10008.5.1.4.1.1.4", uid
+      ds.Modality, ds.PatientID, ds.SeriesInstanceUID = "MR", "1000001", series
+      ds.SeriesDescription, ds.InstanceNumber, ds.TriggerTime = description, f + 1, f"{20.0 * f:g}"
+      ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+      ds.Rows, ds.Columns = frame.shape
+      ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+      ds.PixelData = frame.astype("<u2").tobytes()
+      buffer = io.BytesIO()
+      pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+      members.append((f"{uid}.dcm", buffer.getvalue()))
+  order = rng.permutation(len(members)) if shuffle else np.arange(len(members))
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("manifest.cvs", "filename,patientid,seriesdescription\n" + "".join(
+        f"{name},1000001,\n" for name, _ in members))
+    for i in order:
+      z.writestr(*members[i])
+  return path

@@ -533,7 +533,7 @@ def bad_cmr_cases(directory, seed=0) -> dict:
   uids[5] = f"1.2.826.0.1.3680043.9.7{seed}.2"                      # one frame from another series
   add("series_mixed_uid", write_dicom_series(directory, "series_mixed_uid", c,
                                              series_uids=uids),
-      "unreadable", "read", "SeriesInstanceUID")
+      "cmr_series", "read", "SeriesInstanceUID")
   shapes = [None] * c.shape[0]
   shapes[7] = (32, 30)
   add("series_mixed_shape", write_dicom_series(directory, "series_mixed_shape", c,

@@ -81,7 +81,7 @@ def test_record_error_interface():
   assert set(readers.REASONS) == {
       "missing_file", "unreadable", "length_mismatch", "unknown_lead", "duplicate_lead",
       "too_few_leads", "nonfinite", "flat_lead", "sampling_rate", "too_short", "cmr_ndim",
-      "cmr_frames", "unsupported_format", "amplitude_units"}
+      "cmr_frames", "cmr_series", "unsupported_format", "amplitude_units"}
 
 
 # ------------------------------------------------------------------------------------------------

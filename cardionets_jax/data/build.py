@@ -5,7 +5,11 @@
 
 Manifest columns: `subject_id`, `ecg_path`, optional `cmr_path` and `ecg_fs`
 (for .npy/.csv ECGs), and the phenotype and label columns named by the flags
-(empty cells are missing values); the file is read by `manifest.read`. Relative
+(empty cells are missing values); optional `split` (train/val/test: the
+cohort's own, e.g. PTB-XL's folds; else a hash of the id), `split_group` (what
+is hashed instead of the id: a patient's several ECGs stay in one split) and
+`left_out` ("reason: why", a row the cohort recipe saw and left out, reported
+as rejected); the file is read by `manifest.read`. Relative
 paths are taken from the manifest's folder (or --base_dir). Every row is
 reported in DIR/report.json as kept (with its split and the flags that did not
 reject it) or rejected (with its reason code); nothing is dropped silently.
@@ -154,8 +158,7 @@ def _write(manifest, staging, tasks, config, workers, num_shards, results):
   and the smaller splits written before it are redone."""
   by_split = collections.defaultdict(list)
   for task in tasks:
-    by_split[records.split_of(task.subject_id.encode(), config.val_fraction,
-                              config.test_fraction)].append(task)
+    by_split[task.split_of(config)].append(task)
   meta = records.DatasetMeta(
       phenotype_names=[c[0] for c in config.phenotypes],
       phenotype_units=[c[1] for c in config.phenotypes], label_names=list(config.labels),

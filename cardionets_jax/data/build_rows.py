@@ -18,6 +18,7 @@ from cardionets_jax.data import readers
 from cardionets_jax.data import records
 
 REQUIRED_COLUMNS = ("subject_id", "ecg_path")
+SPLITS = ("train", "val", "test")
 
 # Physiological ranges a phenotype must fall in, by unit, unless its column declares its own
 # (`--phenotypes=lvedv:mL:20:500`). Wide enough for disease and children; a value outside is a
@@ -56,6 +57,12 @@ class RowTask:
   phenotypes: np.ndarray
   labels: np.ndarray
   flags: tuple = ()               # plausibility flags found in the cells
+  split: Optional[str] = None     # the manifest's own split (PTB-XL's folds), else by hash
+  split_group: Optional[str] = None  # hashed for the split instead of the id (a patient's ECGs)
+
+  def split_of(self, config):
+    return self.split or records.split_of((self.split_group or self.subject_id).encode(),
+                                          config.val_fraction, config.test_fraction)
 
 
 @dataclasses.dataclass
@@ -107,6 +114,11 @@ def plan_rows(rows, config, base_dir):
     if row.problem:
       reject("field_count", row.problem)
       continue
+    left_out = (cells.get("left_out") or "").strip()   # a cohort recipe's "reason: why"
+    if left_out:
+      reason, _, why = left_out.partition(":")
+      reject(reason.strip(), f"left out by the cohort recipe: {why.strip() or reason}")
+      continue
     if not sid:
       reject("missing_subject_id", "empty subject_id")
       continue
@@ -128,8 +140,13 @@ def plan_rows(rows, config, base_dir):
     if ecg_path is None:
       reject("missing_file", "empty ecg_path")
       continue
+    split = (cells.get("split") or "").strip() or None
+    if split not in (None,) + SPLITS:
+      reject("bad_split", f"split {split!r} is not one of {SPLITS}")
+      continue
     tasks.append(RowTask(line, sid, ecg_path, _resolve(base_dir, cells.get("cmr_path")), ecg_fs,
-                         phenotypes, labels, tuple(flags)))
+                         phenotypes, labels, tuple(flags), split,
+                         (cells.get("split_group") or "").strip() or None))
   return tasks, rejected
 
 
