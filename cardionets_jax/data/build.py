@@ -36,6 +36,7 @@ from absl import flags
 from cardionets_jax.data import manifest as manifest_lib
 from cardionets_jax.data import preprocess
 from cardionets_jax.data import records
+from cardionets_jax.data import row_cache
 from cardionets_jax.data.build_rows import (REQUIRED_COLUMNS, BuildConfig, RowWorker,
                                             parse_columns, plan_rows)
 from cardionets_jax.data.manifest import ManifestError
@@ -84,7 +85,8 @@ def prepare_out(out, overwrite=False):
   names = sorted(os.listdir(out))
   for name in [n for n in names if n.startswith((_STAGING, _PREVIOUS))]:
     shutil.rmtree(os.path.join(out, name))   # an interrupted build's leftovers
-  names = [n for n in names if not n.startswith((_STAGING, _PREVIOUS))]
+  # (a killed build's finished rows, row_cache.PREFIX, stay for the rerun to resume from)
+  names = [n for n in names if not n.startswith((_STAGING, _PREVIOUS, row_cache.PREFIX))]
   if names and not overwrite and not _is_previous_build(out, names):
     raise OutputError(f"--out {out} is not empty and holds no earlier build ({names[:5]}"
                       f"{' ...' if len(names) > 5 else ''}): pass --overwrite to replace it")
@@ -116,13 +118,15 @@ def _holds_dataset(out):
 
 
 def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_shards=None,
-          overwrite=False):
+          overwrite=False, resume=True, chunk_rows=row_cache.CHUNK_ROWS):
   """Builds the dataset into `out` as a transaction; returns the report (out/report.json).
 
   The dataset is written to a staging folder inside `out` and replaces what `out` held only when
   complete. A manifest that cannot be used, or rows that leave no training subject, raise
   ManifestError / BuildFailed after writing the report of what was seen: as out/report.json when
   `out` held no dataset, else as out/report.failed.json beside the untouched earlier dataset.
+  Rows are processed in chunks saved inside `out` (row_cache.py): a killed build rerun with
+  `resume` redoes only the chunks it had not finished.
   """
   start = time.time()
   out = os.path.abspath(out)
@@ -134,13 +138,19 @@ def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_s
     manifest_info = dict(encoding=table.encoding, warnings=table.warnings)
     for warning in table.warnings:
       logging.warning("%s", warning)
-    tasks, results = plan_rows(table.rows, config, base_dir or os.path.dirname(
-        os.path.abspath(manifest)))
-    _write(manifest, staging, tasks, config, workers, num_shards, results)
+    base_dir = base_dir or os.path.dirname(os.path.abspath(manifest))
+    tasks, results = plan_rows(table.rows, config, base_dir)
+    cache = row_cache.RowCache(out, row_cache.cache_key(manifest, config, base_dir, BUILDER),
+                               resume)
+    _write(manifest, staging, tasks, config, workers, num_shards, results, cache, chunk_rows)
+    manifest_info["rows_resumed"] = cache.reused
   except (ManifestError, BuildFailed) as e:
     error = e
   results.sort(key=lambda r: r.row)
   report = make_report(manifest, out, results, time.time() - start, config, manifest_info, error)
+  for name in os.listdir(out):               # finished or failed for good: nothing to resume
+    if name.startswith(row_cache.PREFIX):
+      shutil.rmtree(os.path.join(out, name))
   if error is None:
     write_json(os.path.join(staging, REPORT), report)
     swap_in(out, staging)
@@ -152,7 +162,7 @@ def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_s
   raise error
 
 
-def _write(manifest, staging, tasks, config, workers, num_shards, results):
+def _write(manifest, staging, tasks, config, workers, num_shards, results, cache, chunk_rows):
   """Processes and writes the rows by split, adding their results to `results` (also when it
   fails). A split whose every row is rejected is left out (TFDS cannot write an empty split)
   and the smaller splits written before it are redone."""
@@ -177,8 +187,9 @@ def _write(manifest, staging, tasks, config, workers, num_shards, results):
                           "training subject (see the rejections in the report)")
       split_results = {s: [] for s in splits}
       try:
-        records.write_dataset(staging, {s: _examples(s, by_split[s], config, pool, split_results[s])
-                                        for s in splits}, meta, num_shards=num_shards)
+        records.write_dataset(staging, {
+            s: _examples(s, by_split[s], config, pool, split_results[s], cache, chunk_rows)
+            for s in splits}, meta, num_shards=num_shards)
         break
       except _EmptySplit as e:
         logging.warning("No row of the %s split was kept: it is left out of the dataset", e.split)
@@ -192,13 +203,12 @@ def _write(manifest, staging, tasks, config, workers, num_shards, results):
     results += [r for rs in list(split_results.values()) + list(empty.values()) for r in rs]
 
 
-def _examples(split, tasks, config, pool, results):
+def _examples(split, tasks, config, pool, results, cache, chunk_rows):
   """A generator function over the split's kept examples, recording every row's result."""
   def generate():
-    worker = RowWorker(config)
     kept = 0
-    stream = pool.imap(worker, tasks, chunksize=4) if pool is not None else map(worker, tasks)
-    for example, result in stream:
+    for example, result in row_cache.processed(split, tasks, RowWorker(config), pool, cache,
+                                               chunk_rows):
       result.split = split if example is not None else None
       results.append(result)
       if example is None:
@@ -261,6 +271,10 @@ _TEST = flags.DEFINE_float("test_fraction", 0.15, "Fraction of subjects in test.
 _WORKERS = flags.DEFINE_integer("workers", None, "Worker processes (default: all cores).")
 _STRICT = flags.DEFINE_bool("strict", False, "Exit non-zero if any row is rejected.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out that holds no earlier build.")
+_RESUME = flags.DEFINE_bool("resume", True, "Reuse the rows a killed build of the same manifest "
+                            "and flags had finished (--noresume: redo every row).")
+_CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", row_cache.CHUNK_ROWS,
+                                   "Rows per saved chunk (the unit a resumed build skips).")
 
 
 def main(argv):
@@ -281,7 +295,8 @@ def main(argv):
     sys.exit(2)
   try:
     report = build(_MANIFEST.value, _OUT.value, config, base_dir=_BASE_DIR.value,
-                   workers=_WORKERS.value, overwrite=_OVERWRITE.value)
+                   workers=_WORKERS.value, overwrite=_OVERWRITE.value, resume=_RESUME.value,
+                   chunk_rows=_CHUNK_ROWS.value)
   except (ManifestError, BuildFailed, OutputError) as e:
     if hasattr(e, "report"):
       print(summary(e.report))
