@@ -118,7 +118,7 @@ def _holds_dataset(out):
 
 
 def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_shards=None,
-          overwrite=False, resume=True, chunk_rows=row_cache.CHUNK_ROWS):
+          overwrite=False, resume=True, chunk_rows=row_cache.CHUNK_ROWS, shard=None):
   """Builds the dataset into `out` as a transaction; returns the report (out/report.json).
 
   The dataset is written to a staging folder inside `out` and replaces what `out` held only when
@@ -126,7 +126,8 @@ def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_s
   ManifestError / BuildFailed after writing the report of what was seen: as out/report.json when
   `out` held no dataset, else as out/report.failed.json beside the untouched earlier dataset.
   Rows are processed in chunks saved inside `out` (row_cache.py): a killed build rerun with
-  `resume` redoes only the chunks it had not finished.
+  `resume` redoes only the chunks it had not finished. `shard` = (i, n) builds only the rows whose
+  split group (else subject id) hashes to shard i of n: one machine's part, merged by merge.py.
   """
   start = time.time()
   out = os.path.abspath(out)
@@ -136,12 +137,15 @@ def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_s
     table = manifest_lib.read(manifest, REQUIRED_COLUMNS + tuple(
         c[0] for c in config.phenotypes) + tuple(config.labels))
     manifest_info = dict(encoding=table.encoding, warnings=table.warnings)
+    if shard is not None:
+      table.rows = [r for r in table.rows if records.shard_of(_shard_key(r), shard[1]) == shard[0]]
+      manifest_info["shard"] = list(shard)
     for warning in table.warnings:
       logging.warning("%s", warning)
     base_dir = base_dir or os.path.dirname(os.path.abspath(manifest))
     tasks, results = plan_rows(table.rows, config, base_dir)
-    cache = row_cache.RowCache(out, row_cache.cache_key(manifest, config, base_dir, BUILDER),
-                               resume)
+    cache = row_cache.RowCache(out, row_cache.cache_key(manifest, (config, shard), base_dir,
+                                                        BUILDER), resume)
     _write(manifest, staging, tasks, config, workers, num_shards, results, cache, chunk_rows)
     manifest_info["rows_resumed"] = cache.reused
   except (ManifestError, BuildFailed) as e:
@@ -160,6 +164,14 @@ def build(manifest, out, config: BuildConfig, base_dir=None, workers=None, num_s
   write_json(path, report)
   error.report, error.report_path = report, path
   raise error
+
+
+def _shard_key(row):
+  """What decides a row's shard: its split group, else its subject id, else its line (a row
+  without an id is reported by exactly one shard); a subject's rows share one shard."""
+  cells = row.values
+  key = (cells.get("split_group") or "").strip() or (cells.get("subject_id") or "").strip()
+  return (key or f"line {row.line}").encode()
 
 
 def _write(manifest, staging, tasks, config, workers, num_shards, results, cache, chunk_rows):
@@ -273,8 +285,23 @@ _STRICT = flags.DEFINE_bool("strict", False, "Exit non-zero if any row is reject
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out that holds no earlier build.")
 _RESUME = flags.DEFINE_bool("resume", True, "Reuse the rows a killed build of the same manifest "
                             "and flags had finished (--noresume: redo every row).")
+_SHARD = flags.DEFINE_string("shard", None, "I/N: build shard I of N (0-based; rows by a hash of "
+                             "split_group or subject_id), for merge.py to combine.")
 _CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", row_cache.CHUNK_ROWS,
                                    "Rows per saved chunk (the unit a resumed build skips).")
+
+
+def parse_shard(text):
+  """"I/N" -> (I, N), or None for no text."""
+  if not text:
+    return None
+  try:
+    i, n = (int(v) for v in text.split("/"))
+  except ValueError:
+    raise ValueError(f"--shard={text!r}: expected I/N, e.g. 0/4") from None
+  if not 0 <= i < n:
+    raise ValueError(f"--shard={text!r}: I must be in 0..N-1")
+  return i, n
 
 
 def main(argv):
@@ -290,13 +317,14 @@ def main(argv):
                                  allow_missing_leads=_ALLOW_MISSING.value),
         cmr=dataclasses.replace(preprocess.CmrConfig(), frames=_FRAMES.value, size=_SIZE.value),
         ecg_fs=_ECG_FS.value, val_fraction=_VAL.value, test_fraction=_TEST.value)
+    shard = parse_shard(_SHARD.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   try:
     report = build(_MANIFEST.value, _OUT.value, config, base_dir=_BASE_DIR.value,
                    workers=_WORKERS.value, overwrite=_OVERWRITE.value, resume=_RESUME.value,
-                   chunk_rows=_CHUNK_ROWS.value)
+                   chunk_rows=_CHUNK_ROWS.value, shard=shard)
   except (ManifestError, BuildFailed, OutputError) as e:
     if hasattr(e, "report"):
       print(summary(e.report))

@@ -96,6 +96,12 @@ def split_of(subject_id: bytes, val_fraction, test_fraction):
   return "val" if u < test_fraction + val_fraction else "train"
 
 
+def shard_of(key: bytes, num_shards):
+  """The build shard of a row (build --shard), from bytes of the hash that split_of leaves
+  unused, so each shard holds every split in its usual proportion."""
+  return int.from_bytes(hashlib.sha256(key).digest()[8:16], "little") % num_shards
+
+
 def phenotype_stats(phenotypes, num_phenotypes=None):
   """Per-phenotype mean and std over rows, ignoring NaN (missing) and gross outliers.
 
