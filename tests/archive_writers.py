@@ -102,12 +102,56 @@ def write_hl7_aecg(path, adc, leads, fs, uv_per_step):
 """))
 
 
+def _lzw(data, bits=10):
+  """LZW with fixed `bits`-bit codes packed most significant bit first, the dictionary growing
+  to 2**bits - 2 entries and then frozen (the XLI variant)."""
+  table, next_code, word, codes = {bytes([i]): i for i in range(256)}, 256, b"", []
+  for byte in data:
+    longer = word + bytes([byte])
+    if longer in table:
+      word = longer
+      continue
+    codes.append(table[word])
+    if next_code <= (1 << bits) - 2:
+      table[longer], next_code = next_code, next_code + 1
+    word = bytes([byte])
+  codes.append(table[word])
+  value = int("".join(format(c, f"0{bits}b") for c in codes) + "0" * (-len(codes) * bits % 8), 2)
+  return value.to_bytes(len(codes) * bits // 8 + bool(len(codes) * bits % 8), "big")
+
+
+def _xli(adc, leads):
+  """Philips XLI: per lead, second differences of the samples (offset 64, the first one in the
+  chunk header), as 16-bit words stored high bytes then low bytes, LZW-compressed; leads III,
+  aVR, aVL, aVF stored as their residuals from I and II."""
+  x = adc.astype(np.int64)
+  if tuple(leads[:6]) == ("I", "II", "III", "aVR", "aVL", "aVF"):
+    i, ii, iii = x[0], x[1], x[2]
+    x = x.copy()
+    x[2], x[3] = ii - i - iii, -x[3] - (i + ii) // 2
+    x[4], x[5] = (i - iii) // 2 - x[4], (ii + iii) // 2 - x[5]
+  chunks = b""
+  for s in x:
+    raw = np.zeros_like(s)
+    raw[:2] = s[:2]
+    raw[2:-1] = 2 * s[2:-1] - s[1:-2] - s[3:] + 64
+    words = raw.astype(np.int16).view(np.uint16)
+    packed = _lzw(bytes((words >> 8).astype(np.uint8)) + bytes((words & 0xFF).astype(np.uint8)))
+    chunks += struct.pack("<ihh", len(packed), 0, int(2 * s[1] - s[0] - s[2])) + packed
+  return chunks
+
+
 def write_sierra(path, adc, leads, fs, uv_per_step, *, encoding="Base64"):
-  """Philips Sierra XML 1.04 (restingecgdata), leads uncompressed: Base64 little-endian int16
-  lead after lead, or "Plain" whitespace-separated integers."""
+  """Philips Sierra XML 1.04 (restingecgdata): leads XLI-compressed (encoding="XLI", what the
+  carts write), or uncompressed as Base64 little-endian int16 lead after lead, or "Plain"
+  whitespace-separated integers."""
   flat = adc.astype("<i2")
-  text = (base64.b64encode(flat.tobytes()).decode() if encoding == "Base64"
-          else " ".join(map(str, flat.ravel())))
+  if encoding == "XLI":
+    text, encoding, compression = base64.b64encode(_xli(adc, leads)).decode(), "Base64", "XLI"
+  else:
+    compression = "None"
+    text = (base64.b64encode(flat.tobytes()).decode() if encoding == "Base64"
+            else " ".join(map(str, flat.ravel())))
   with open(path, "w") as f:
     f.write(_xml(f"""<restingecgdata xmlns="http://www3.medical.philips.com">
   <documentinfo><documenttype>SierraECG</documenttype><documentversion>1.04</documentversion>
@@ -123,7 +167,8 @@ def write_sierra(path, adc, leads, fs, uv_per_step, *, encoding="Base64"):
   </dataacquisition>
   <waveforms>
     <parsedwaveforms durationperchannel="{adc.shape[1] * 1000 / fs:g}" samplespersecond="{fs:g}"
-        dataencoding="{encoding}" compressflag="False" numberofleads="{len(leads)}"
+        dataencoding="{encoding}" compressflag="{compression != 'None'}"
+        compression="{compression}" numberofleads="{len(leads)}"
         leadlabels="{" ".join(leads)}">{text}</parsedwaveforms>
   </waveforms>
 </restingecgdata>
@@ -144,19 +189,45 @@ def _scp_section(number, body, *, section0=False):
   return struct.pack("<H", binascii.crc_hqx(rest, 0xFFFF)) + rest
 
 
-def write_scp(path, adc, leads, fs, uv_per_step):
-  """SCP-ECG 2.0 without compression: Sections 0 (pointers), 1 (patient and device tags),
-  3 (lead definitions) and 6 (rhythm data: int16, no difference encoding, no Huffman)."""
+def _scp_default_huffman(values):
+  """EN 1064's default Huffman table: 0 -> "0"; +-m (m <= 8) -> m ones, "0", the sign bit;
+  else "1111111110" + 8 bits or "1111111111" + 16 bits, two's complement. MSB first."""
+  bits = []
+  for v in values:
+    v = int(v)
+    if v == 0:
+      bits.append("0")
+    elif abs(v) <= 8:
+      bits.append("1" * abs(v) + "0" + ("1" if v < 0 else "0"))
+    elif -128 <= v < 128:
+      bits.append("1111111110" + format(v & 0xFF, "08b"))
+    else:
+      bits.append("1111111111" + format(v & 0xFFFF, "016b"))
+  text = "".join(bits)
+  text += "0" * (-len(text) % 8)
+  return int(text, 2).to_bytes(len(text) // 8, "big")
+
+
+def write_scp(path, adc, leads, fs, uv_per_step, *, huffman=False):
+  """SCP-ECG 2.0: Sections 0 (pointers), 1 (patient and device tags), 3 (lead definitions) and
+  6 (rhythm data): int16 samples, or with `huffman` second differences coded by the default
+  Huffman table (Section 2 naming it), as the carts store them."""
   n = adc.shape[1]
   tags = [(2, b"TEST0001\0"), (14, b"\0" * 36 + b"TEST\0"), (25, struct.pack("<HBB", 2010, 1, 1)),
           (26, bytes([12, 0, 0])), (255, b"")]
   sec1 = b"".join(struct.pack("<BH", t, len(v)) + v for t, v in tags)
   sec3 = struct.pack("<BB", len(leads), 0x04 | (len(leads) << 3)) + b"".join(
       struct.pack("<IIB", 1, n, SCP_LEAD_CODES[name]) for name in leads)
-  data = [d.astype("<i2").tobytes() for d in adc]
-  sec6 = (struct.pack("<HHBB", int(round(uv_per_step * 1000)), int(round(1e6 / fs)), 0, 0)
+  if huffman:
+    x = adc.astype(np.int64)
+    second = np.concatenate([x[:, :2], x[:, 2:] - 2 * x[:, 1:-1] + x[:, :-2]], axis=1)
+    data = [_scp_default_huffman(d) for d in second]
+  else:
+    data = [d.astype("<i2").tobytes() for d in adc]
+  sec6 = (struct.pack("<HHBB", int(round(uv_per_step * 1000)), int(round(1e6 / fs)),
+                      2 if huffman else 0, 0)
           + b"".join(struct.pack("<H", len(d)) for d in data) + b"".join(data))
-  bodies = {1: sec1, 3: sec3, 6: sec6}
+  bodies = {1: sec1, 3: sec3, 6: sec6, **({2: struct.pack("<H", 19999)} if huffman else {})}
   sections, offset = {}, 6 + 16 + 12 * 10             # Section 0 holds 12 pointers of 10 bytes
   sizes = {k: len(_scp_section(k, b)) for k, b in bodies.items()}
   pointers = [(0, 16 + 120, 7)]

@@ -39,9 +39,16 @@ def test_reads_back_the_written_samples_whatever_the_extension(tmp_path, adc, fm
   assert np.abs(record.signal - adc * UV / 1000).max() < UV / 1000
 
 
-def test_sierra_plain_encoding_reads_the_same(tmp_path, adc):
-  plain = read_ecg(_write(tmp_path, "sierra", adc, encoding="Plain"))
-  assert np.abs(plain.signal - adc * UV / 1000).max() < UV / 1000
+@pytest.mark.parametrize("encoding", ["XLI", "Plain"])
+def test_sierra_xli_and_plain_encodings_read_the_same(tmp_path, adc, encoding):
+  record = read_ecg(_write(tmp_path, "sierra", adc, encoding=encoding))
+  assert record.leads == list(STANDARD_LEADS)
+  assert np.abs(record.signal - adc * UV / 1000).max() < UV / 1000
+
+
+def test_scp_huffman_coded_second_differences_read_the_same(tmp_path, adc):
+  record = read_ecg(_write(tmp_path, "scp", adc, name="huffman.scp", huffman=True))
+  assert np.abs(record.signal - adc * UV / 1000).max() < UV / 1000
 
 
 def test_muse_eight_leads_get_their_limb_leads_derived(tmp_path, adc):
