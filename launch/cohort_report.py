@@ -12,7 +12,8 @@ Runs, one after another (each skipped when already finished, so a rerun resumes)
      = PCA, the paper's; plain InfoNCE; phi = phenotypes; a randomly initialised frozen teacher),
      on ROOT/chain's cohort and mae (the paper's arm at the configs' seed, 42, is ROOT/chain);
 then writes DOCS/cohort.md with the tables and DOCS/figures/cohort_*.png. The wall time of each
-step is in the page.
+step is in the page. --page_only trains nothing and writes the page from what has finished,
+listing the rest.
 """
 
 import argparse
@@ -39,13 +40,23 @@ ARMS = {  # name -> (folder, align overrides); the first is the paper's, compare
 FIGURES = {"align/ecg_embeddings.png": "cohort_ecg_embeddings.png"}
 
 
-def run(cmd, log):
+def run(cmd, times):
+  """Runs `cmd`; its wall time goes to the `times` file (JSON lines), which the page reads, so
+  a sweep resumed over several invocations keeps every run's time."""
   start = time.time()
   print("$", " ".join(cmd), flush=True)
   if subprocess.run(cmd, cwd=REPO).returncode:
     raise SystemExit(f"failed: {' '.join(cmd)}")
-  log.append((" ".join(c for c in cmd[3:] if not c.startswith(("--workdir", "--config.init."))),
-              time.time() - start))
+  with open(times, "a") as f:
+    f.write(json.dumps(dict(run=" ".join(c for c in cmd[3:] if not c.startswith(
+        ("--workdir", "--config.init."))), seconds=time.time() - start)) + "\n")
+
+
+def read_times(times):
+  if not os.path.exists(times):
+    return []
+  with open(times) as f:
+    return [(r["run"], r["seconds"]) for r in map(json.loads, f)]
 
 
 def main_cmd(config, workdir, *overrides):
@@ -53,19 +64,28 @@ def main_cmd(config, workdir, *overrides):
            f"--workdir={workdir}"] + [f"--config.{o}" for o in overrides])
 
 
-def train_everything(args, log):
+def train_everything(args, times, missing):
+  """Runs what has not finished; with --page_only runs nothing and lists it in `missing`."""
   chain, linear = os.path.join(args.root, "chain"), os.path.join(args.root, "linear")
   v, seeds = args.variant, args.seeds
   sweep = [f"finetune.seeds=({seeds},)", f"finetune.label_fractions=({args.label_fractions},)"]
+
+  def ensure(workdir, stage, cmd):
+    if not Workdir(workdir).finished(stage):
+      if args.page_only:
+        missing.append(" ".join(c for c in cmd[3:] if not c.startswith("--config.init.")))
+      else:
+        run(cmd, times)
+    return Workdir(workdir).finished(stage)
+
   for stage in ("align", "stmem"):
-    if not Workdir(chain).finished(stage):
-      run(main_cmd(f"configs/{stage}.py:variant={v}", chain), log)
-  if not Workdir(chain).finished("finetune"):
-    run(main_cmd(f"configs/finetune.py:variant={v},stmem=true", chain, *sweep), log)
+    ensure(chain, stage, main_cmd(f"configs/{stage}.py:variant={v}", chain))
+  ensure(chain, "finetune",
+         main_cmd(f"configs/finetune.py:variant={v},stmem=true", chain, *sweep))
   share_cohort(chain, linear)
-  if not Workdir(linear).finished("finetune"):
-    run(main_cmd(f"configs/finetune.py:variant={v},mode=linear", linear, *sweep,
-                 'finetune.inits=("cmr",)', f"init.mae={Workdir(chain).checkpoints('mae')}"), log)
+  ensure(linear, "finetune", main_cmd(
+      f"configs/finetune.py:variant={v},mode=linear", linear, *sweep, 'finetune.inits=("cmr",)',
+      f"init.mae={Workdir(chain).checkpoints('mae')}"))
   arms, chain_seed = {}, str(align_config.get_config(f"variant={v}").seed)
   for name, (folder, overrides) in ARMS.items():
     arms[name] = []
@@ -75,14 +95,14 @@ def train_everything(args, log):
         continue
       workdir = os.path.join(args.root, "ablation", folder, f"seed={seed}")
       share_cohort(chain, workdir)
-      if not Workdir(workdir).finished("align"):
-        run(main_cmd(f"configs/align.py:variant={v}", workdir, *overrides, f"seed={seed}",
-                     f"init.mae={Workdir(chain).checkpoints('mae')}"), log)
-      arms[name].append(workdir)
-  return chain, linear, arms
+      if ensure(workdir, "align", main_cmd(f"configs/align.py:variant={v}", workdir, *overrides,
+                                           f"seed={seed}",
+                                           f"init.mae={Workdir(chain).checkpoints('mae')}")):
+        arms[name].append(workdir)
+  return chain, linear, {name: dirs for name, dirs in arms.items() if dirs}
 
 
-def write_page(args, chain, linear, arms, log):
+def write_page(args, chain, linear, arms, times, missing=()):
   from cardionets_jax.evaluators import ablation
   from cardionets_jax.evaluators import label_efficiency
   figures = os.path.join(args.docs, "figures")
@@ -91,8 +111,9 @@ def write_page(args, chain, linear, arms, log):
     shutil.copy(os.path.join(chain, source), os.path.join(figures, name))
   preds, results = {}, {}
   for workdir in (chain, linear):
-    p, r = label_efficiency.load_run(workdir)
-    preds.update(p), results.update(r)
+    if Workdir(workdir).finished("finetune"):
+      p, r = label_efficiency.load_run(workdir)
+      preds.update(p), results.update(r)
   labels = list(dict.fromkeys(d for r in results.values() for d in r.get("diseases", {})))
   efficiency = label_efficiency.compare(preds, results, labels)
   label_efficiency.figure(os.path.join(figures, "cohort_label_efficiency.png"), efficiency)
@@ -104,15 +125,20 @@ def write_page(args, chain, linear, arms, log):
   pools = mae["probe_r2_by_pool"]
   rows = [f"| {p} | " + " | ".join(f"{pools[pool][p]:.3f}" for pool in pools)
           + f" | {mae['probe_r2_random_init'][p]:.3f} |" for p in pools["tokens"]]
+  seeds_by_arm = ", ".join(f"{n}: {len(w)}" for n, w in arms.items())
   page = PAGE.format(
+      status=(f"**Not every run behind this page has finished**; seeds per ablation arm: "
+              f"{seeds_by_arm}. Still to run:\n\n" + "\n".join(f"- `{m}`" for m in missing)
+              + "\n") if missing else "",
       command=" ".join(["python launch/cohort_report.py"]
-                       + [a for a in sys.argv[1:] if not a.startswith(("--root", "--docs"))]),
+                       + [a for a in sys.argv[1:]
+                          if not a.startswith(("--root", "--docs", "--page_only"))]),
       pools=" | ".join(pools), rule="---|" * (len(pools) + 1),
       probe="\n".join(rows),
       separation=json.dumps(align["neighbour_auroc"]),
       efficiency=label_efficiency.table(efficiency), ablation=ablation.table(ablations),
-      times="\n".join(f"| `{what}` | {seconds / 60:.1f} |" for what, seconds in log)
-      or "| (every run was already finished) | |")
+      times="\n".join(f"| `{what}` | {seconds / 60:.1f} |" for what, seconds in read_times(times))
+      or "| (no run's time was recorded) | |")
   with open(os.path.join(args.docs, "cohort.md"), "w") as f:
     f.write(page)
   print(f"wrote {os.path.join(args.docs, 'cohort.md')}")
@@ -122,6 +148,7 @@ PAGE = """# What the built-in cohort shows
 
 Regenerated by `{command} --root=DIR`; every figure below is from that run, on the test split.
 
+{status}
 ## The frozen CMR teacher (mae, ridge probe, R2 by pooling of its features)
 
 | phenotype | {pools} | random init (tokens) |
@@ -164,10 +191,12 @@ def main(argv=None):
   parser.add_argument("--label_fractions", default="0.01,0.1,1.0", help="comma-separated")
   parser.add_argument("--variant", default="tiny")
   parser.add_argument("--docs", default=os.path.join(REPO, "docs"), help="where cohort.md goes")
+  parser.add_argument("--page_only", action="store_true",
+                      help="train nothing: write the page from the runs that have finished")
   args = parser.parse_args(argv)
-  log = []
-  chain, linear, arms = train_everything(args, log)
-  write_page(args, chain, linear, arms, log)
+  times, missing = os.path.join(args.root, "times.jsonl"), []
+  chain, linear, arms = train_everything(args, times, missing)
+  write_page(args, chain, linear, arms, times, missing)
 
 
 if __name__ == "__main__":
