@@ -70,22 +70,22 @@ def train_everything(args, times, missing):
   v, seeds = args.variant, args.seeds
   sweep = [f"finetune.seeds=({seeds},)", f"finetune.label_fractions=({args.label_fractions},)"]
 
-  def ensure(workdir, stage, cmd):
+  def ensure(workdir, stage, cmd, part):
     if not Workdir(workdir).finished(stage):
-      if args.page_only:
+      if args.page_only or part not in args.parts.split(","):
         missing.append(" ".join(c for c in cmd[3:] if not c.startswith("--config.init.")))
       else:
         run(cmd, times)
     return Workdir(workdir).finished(stage)
 
   for stage in ("align", "stmem"):
-    ensure(chain, stage, main_cmd(f"configs/{stage}.py:variant={v}", chain))
+    ensure(chain, stage, main_cmd(f"configs/{stage}.py:variant={v}", chain), "chain")
   ensure(chain, "finetune",
-         main_cmd(f"configs/finetune.py:variant={v},stmem=true", chain, *sweep))
+         main_cmd(f"configs/finetune.py:variant={v},stmem=true", chain, *sweep), "finetune")
   share_cohort(chain, linear)
   ensure(linear, "finetune", main_cmd(
       f"configs/finetune.py:variant={v},mode=linear", linear, *sweep, 'finetune.inits=("cmr",)',
-      f"init.mae={Workdir(chain).checkpoints('mae')}"))
+      f"init.mae={Workdir(chain).checkpoints('mae')}"), "linear")
   arms, chain_seed = {}, str(align_config.get_config(f"variant={v}").seed)
   for name, (folder, overrides) in ARMS.items():
     arms[name] = []
@@ -97,7 +97,8 @@ def train_everything(args, times, missing):
       share_cohort(chain, workdir)
       if ensure(workdir, "align", main_cmd(f"configs/align.py:variant={v}", workdir, *overrides,
                                            f"seed={seed}",
-                                           f"init.mae={Workdir(chain).checkpoints('mae')}")):
+                                           f"init.mae={Workdir(chain).checkpoints('mae')}"),
+                "ablation"):
         arms[name].append(workdir)
   return chain, linear, {name: dirs for name, dirs in arms.items() if dirs}
 
@@ -132,7 +133,7 @@ def write_page(args, chain, linear, arms, times, missing=()):
               + "\n") if missing else "",
       command=" ".join(["python launch/cohort_report.py"]
                        + [a for a in sys.argv[1:]
-                          if not a.startswith(("--root", "--docs", "--page_only"))]),
+                          if not a.startswith(("--root", "--docs", "--page_only", "--parts"))]),
       pools=" | ".join(pools), rule="---|" * (len(pools) + 1),
       probe="\n".join(rows),
       separation=json.dumps(align["neighbour_auroc"]),
@@ -191,6 +192,9 @@ def main(argv=None):
   parser.add_argument("--label_fractions", default="0.01,0.1,1.0", help="comma-separated")
   parser.add_argument("--variant", default="tiny")
   parser.add_argument("--docs", default=os.path.join(REPO, "docs"), help="where cohort.md goes")
+  parser.add_argument("--parts", default="chain,finetune,linear,ablation",
+                      help="which runs to train (e.g. two invocations side by side on disjoint "
+                      "parts, once the chain is trained); the page lists the others' state")
   parser.add_argument("--page_only", action="store_true",
                       help="train nothing: write the page from the runs that have finished")
   args = parser.parse_args(argv)
