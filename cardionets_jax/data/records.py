@@ -1,7 +1,7 @@
 """The on-disk dataset: a TFDS dataset of ArrayRecord shards.
 
-Written without TensorFlow by a `GeneratorBasedBuilder`, read back by
-`tfds.data_source` / Grain. One example is one subject (DESIGN.md):
+Written without TensorFlow by `write_dataset` (ArrayRecord shards plus TFDS metadata), read
+back by `tfds.data_source` / Grain. One example is one subject (DESIGN.md):
 
   subject_id  text
   ecg         (12, T) float32, band-passed, 250 Hz, standard lead order
@@ -131,42 +131,13 @@ def phenotype_stats(phenotypes, num_phenotypes=None):
 ROBUST_SDS = 20.0
 
 
-class CardionetsDataset(tfds.core.GeneratorBasedBuilder):
-  """Writes examples handed to it per split; see `write_dataset`."""
-  VERSION = tfds.core.Version(VERSION)
-
-  def __init__(self, *, split_examples, feature_dict, meta, **kwargs):
-    self._split_examples = split_examples
-    self._feature_dict = feature_dict
-    self._meta = meta
-    super().__init__(**kwargs)
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, description="Paired ECG / cine CMR subjects for cardionets-jax.",
-        features=self._feature_dict, metadata=tfds.core.MetadataDict())
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split) for split in self._split_examples}
-
-  def _generate_examples(self, split):
-    """Yields (key, example); tracks what the metadata needs as it goes."""
-    phenotypes, with_cmr = [], 0
-    for example in self._split_examples[split]():
-      with_cmr += int(example.get("has_cmr", 0))
-      if split == "train":
-        phenotypes.append(example["phenotypes"])
-      yield example["subject_id"], example
-    self._meta.setdefault("num_with_cmr", {})[split] = with_cmr
-    if split == "train":
-      mean, std = phenotype_stats(phenotypes, len(self._meta["phenotype_names"]))
-      self._meta.update(phenotype_mean=mean.tolist(), phenotype_std=std.tolist())
-    self.info.metadata.update(self._meta)
+TOKENS_NAME = "cardionets_tokens"  # the tokenize stage's dataset
+SHARD_BYTES = 512 << 20             # serialized bytes per ArrayRecord shard (when not given)
 
 
-class CardionetsTokens(CardionetsDataset):
-  """Per-subject VAE latents and aligned ECG embeddings (the tokenize stage)."""
+def _hash_order(split, key):
+  """The position TFDS's writer gives an example: md5 of the split name then the key."""
+  return int(hashlib.md5(split.encode() + str(key).encode()).hexdigest(), 16)
 
 
 def token_features(latent_shape, embed_dim, num_phenotypes, num_labels):
@@ -182,22 +153,78 @@ def token_features(latent_shape, embed_dim, num_phenotypes, num_labels):
 
 
 def write_dataset(out_dir, split_examples: dict[str, Callable[[], Iterable[dict]]], meta: DatasetMeta,
-                  num_shards=None, feature_dict=None, builder_cls=CardionetsDataset):
+                  num_shards=None, feature_dict=None, name=NAME):
   """Writes a dataset under `out_dir`; returns its TFDS directory.
 
-  `split_examples[split]()` yields example dicts (the fields above, with
-  `subject_id` a str, unless `feature_dict` says otherwise). Phenotype
-  statistics come from the train split.
+  `split_examples[split]()` yields example dicts (the fields above, with `subject_id` a str,
+  unless `feature_dict` says otherwise). Phenotype statistics come from the train split.
+
+  Streams, in memory flat in the number of examples: each split is serialized once to an
+  unordered ArrayRecord file, then copied into its shards in the order TFDS's own writer gives
+  (sorted by an md5 of split and subject id, so a dataset equals what `GeneratorBasedBuilder`
+  wrote), holding only the keys in memory. TFDS's writer holds up to 1 GB per split in memory
+  and spills the rest through `tf.io.gfile`: without TensorFlow, an archive-scale split failed.
+  The metadata goes through `tfds.folder_dataset.write_metadata`, readable by `tfds`.
   """
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+
   shapes = meta.shapes
   if feature_dict is None:
     feature_dict = features(shapes["ecg"][1], shapes["cmr"][1], len(meta.phenotype_names),
                             len(meta.label_names))
   meta_dict = {k: v for k, v in dataclasses.asdict(meta).items() if k != "splits" and v is not None}
-  builder = builder_cls(split_examples=split_examples, feature_dict=feature_dict,
-                        meta=meta_dict, data_dir=out_dir, file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=num_shards))
-  return os.path.join(out_dir, builder.name, VERSION)
+  data_dir = os.path.join(out_dir, name, VERSION)
+  os.makedirs(data_dir, exist_ok=True)
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name=name, filetype_suffix="array_record")
+  split_infos, with_cmr = [], {}
+  for split, examples in split_examples.items():
+    unordered = os.path.join(data_dir, f".unordered-{split}")
+    writer = array_record_module.ArrayRecordWriter(unordered, "group_size:1")
+    keys, sizes, phenotypes, with_cmr[split] = [], [], [], 0
+    for example in examples():
+      record = feature_dict.serialize_example(example)
+      writer.write(record)
+      keys.append(_hash_order(split, example["subject_id"]))
+      sizes.append(len(record))
+      with_cmr[split] += int(example.get("has_cmr", 0))
+      if split == "train":
+        phenotypes.append(example["phenotypes"])
+    writer.close()
+    if len(set(keys)) != len(keys):
+      raise ValueError(f"{split}: two examples share a subject_id")
+    if split == "train":
+      mean, std = phenotype_stats(phenotypes, len(meta.phenotype_names))
+      meta_dict.update(phenotype_mean=mean.tolist(), phenotype_std=std.tolist())
+    lengths = _write_shards(unordered, np.argsort(keys), template.replace(split=split),
+                            num_shards or max(1, -(-sum(sizes) // SHARD_BYTES)))
+    os.remove(unordered)
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths,
+                                           num_bytes=sum(sizes), filename_template=template))
+  meta_dict["num_with_cmr"] = with_cmr
+  tfds.folder_dataset.write_metadata(
+      data_dir=data_dir, features=feature_dict, split_infos=split_infos,
+      filename_template=template, check_data=False, metadata=tfds.core.MetadataDict(meta_dict),
+      description="Paired ECG / cine CMR subjects for cardionets-jax.")
+  return data_dir
+
+
+def _write_shards(unordered, order, template, num_shards, batch=256):
+  """Copies the records of `unordered` in `order` into `num_shards` contiguous shards."""
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+
+  reader = array_record_module.ArrayRecordReader(unordered)
+  bounds = np.linspace(0, len(order), num_shards + 1).round().astype(int)
+  for shard in range(num_shards):
+    path = os.fspath(template.sharded_filepath(shard_index=shard, num_shards=num_shards))
+    writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+    for i in range(bounds[shard], bounds[shard + 1], batch):
+      for record in reader.read(order[i:min(i + batch, bounds[shard + 1])].tolist()):
+        writer.write(record)
+    writer.close()
+  reader.close()
+  return np.diff(bounds).tolist()
 
 
 def empty_cmr(cmr_size):

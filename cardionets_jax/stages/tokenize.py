@@ -67,7 +67,7 @@ def run(config, context):
                  data=data_dir)
   if jax.process_index() == 0:
     directory = records.write_dataset(
-        workdir.tokens, by_split, out_meta, builder_cls=records.CardionetsTokens,
+        workdir.tokens, by_split, out_meta, name=records.TOKENS_NAME,
         feature_dict=records.token_features(latent_shape, acfg.model.embed_dim,
                                             len(meta.phenotype_names), len(meta.label_names)))
     metrics_lib.log("Tokenized %s into %s in %.1fs", counts, directory, time.time() - start)
