@@ -6,7 +6,8 @@ a temporary name and renamed, so a chunk file is either whole or absent. KEY has
 bytes, the build config and the base folder: a rerun of the same build reuses the chunks, any
 other build starts afresh. The folder is removed once the dataset is swapped in. Resuming
 assumes the files the manifest names did not change in between (`--noresume` redoes all).
-Memory stays flat in the number of rows: one chunk's examples are held at a time.
+Memory stays flat in the number of rows: a chunk's examples are held at a time, and the worker
+pool is fed no more than two chunks ahead of the writer.
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -79,6 +81,24 @@ class RowCache:
     shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _bounded_imap(pool, worker, tasks, window):
+  """`pool.imap(worker, tasks)` with at most `window` results not yet taken: imap alone feeds
+  every task at once, and results the writer has not caught up with pile up in memory."""
+  if pool is None:
+    yield from map(worker, tasks)
+    return
+  slots = threading.Semaphore(window)
+
+  def fed():
+    for task in tasks:
+      slots.acquire()                        # (imap's feeder thread waits here)
+      yield task
+
+  for result in pool.imap(worker, fed(), chunksize=4):
+    slots.release()
+    yield result
+
+
 def processed(split, tasks, worker, pool, cache, chunk_rows=CHUNK_ROWS):
   """(example or None, RowResult) for each task in order: the chunks a previous run finished
   from `cache`, the others computed by `pool` (streamed across chunks) and saved."""
@@ -88,7 +108,7 @@ def processed(split, tasks, worker, pool, cache, chunk_rows=CHUNK_ROWS):
     logging.info("%s: resuming, %d of %d chunks already done", split, len(chunks) - len(todo),
                  len(chunks))
   pending = [t for c in sorted(todo) for t in chunks[c]]
-  stream = pool.imap(worker, pending, chunksize=4) if pool is not None else map(worker, pending)
+  stream = _bounded_imap(pool, worker, pending, window=2 * chunk_rows)
   start, done = time.time(), 0
   for c, chunk in enumerate(chunks):
     if c not in todo:
