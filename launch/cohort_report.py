@@ -73,7 +73,8 @@ def train_everything(args, times, missing):
   def ensure(workdir, stage, cmd, part):
     if not Workdir(workdir).finished(stage):
       if args.page_only or part not in args.parts.split(","):
-        missing.append(" ".join(c for c in cmd[3:] if not c.startswith("--config.init.")))
+        missing.append(" ".join(c for c in cmd[3:] if not c.startswith("--config.init."))
+                       .replace(os.path.abspath(args.root), "DIR").replace(args.root, "DIR"))
       else:
         run(cmd, times)
     return Workdir(workdir).finished(stage)
