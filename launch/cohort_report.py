@@ -29,6 +29,7 @@ sys.path.insert(0, REPO)  # run as a script from a checkout
 
 from cardionets_jax.workdir import Workdir  # noqa: E402
 from cardionets_jax_configs import align as align_config  # noqa: E402
+from cardionets_jax_configs import finetune as finetune_config  # noqa: E402
 from launch.sweep import share_cohort  # noqa: E402
 
 ARMS = {  # name -> (folder, align overrides); the first is the paper's, compared with each other
@@ -105,7 +106,9 @@ def train_everything(args, times, missing):
 
 
 def write_page(args, chain, linear, arms, times, missing=()):
+  from cardionets_jax.data import cohort
   from cardionets_jax.evaluators import ablation
+  from cardionets_jax.evaluators import heart_rate
   from cardionets_jax.evaluators import label_efficiency
   figures = os.path.join(args.docs, "figures")
   os.makedirs(figures, exist_ok=True)
@@ -127,6 +130,13 @@ def write_page(args, chain, linear, arms, times, missing=()):
   pools = mae["probe_r2_by_pool"]
   rows = [f"| {p} | " + " | ".join(f"{pools[pool][p]:.3f}" for pool in pools)
           + f" | {mae['probe_r2_random_init'][p]:.3f} |" for p in pools["tokens"]]
+  config = align_config.get_config(f"variant={args.variant}")
+  data = cohort.dataset_dir(Workdir(chain).data_root, config.data, config.data.cohort_seed)
+  crops = finetune_config.get_config(f"variant={args.variant}").finetune.eval_crops
+  ceilings = heart_rate.ceilings(data, config.model.num_samples, crops)
+  fractions = sorted({m["label_fraction"] for m in results.values()})
+  hr_rows = [f"| {init} ({mode}) | " + " | ".join(f"{by.get(f, float('nan')):.3f}" for f in fractions)
+             + " |" for (init, mode), by in heart_rate.fine_tuned(results).items()]
   seeds_by_arm = ", ".join(f"{n}: {len(w)}" for n, w in arms.items())
   page = PAGE.format(
       status=(f"**Not every run behind this page has finished**; seeds per ablation arm: "
@@ -138,6 +148,9 @@ def write_page(args, chain, linear, arms, times, missing=()):
       pools=" | ".join(pools), rule="---|" * (len(pools) + 1),
       probe="\n".join(rows),
       separation=json.dumps(align["neighbour_auroc"]),
+      hr_ceilings="\n".join(f"| {name} | {r2:.3f} |" for name, r2 in ceilings.items()),
+      hr_fractions=" | ".join(f"{f:g}" for f in fractions), hr_rule="---|" * (len(fractions) + 1),
+      hr_rows="\n".join(hr_rows),
       efficiency=label_efficiency.table(efficiency), ablation=ablation.table(ablations),
       times="\n".join(f"| `{what}` | {seconds / 60:.1f} |" for what, seconds in read_times(times))
       or "| (no run's time was recorded) | |")
@@ -170,6 +183,21 @@ Mean over seeds, 95% bootstrap CIs over test subjects; differences are paired.
 {efficiency}
 
 ![label efficiency](figures/cohort_label_efficiency.png)
+
+## Heart rate: what the ECG holds, and what the encoders read
+
+Heart rate from the stored ECGs by three read-outs (`cardionets_jax/evaluators/heart_rate.py`),
+each a line fitted on train, R2 on test:
+
+| read-out | R2 |
+|---|---|
+{hr_ceilings}
+
+Fine-tuned encoders, heart-rate R2 by label fraction (mean over seeds):
+
+| method | {hr_fractions} |
+|{hr_rule}
+{hr_rows}
 
 ## Ablations of the alignment
 
