@@ -106,7 +106,7 @@ def train_everything(args, times, missing):
 
 
 def write_page(args, chain, linear, arms, times, missing=()):
-  from cardionets_jax.data import cohort
+  from cardionets_jax.data import datasets
   from cardionets_jax.evaluators import ablation
   from cardionets_jax.evaluators import heart_rate
   from cardionets_jax.evaluators import label_efficiency
@@ -131,7 +131,7 @@ def write_page(args, chain, linear, arms, times, missing=()):
   rows = [f"| {p} | " + " | ".join(f"{pools[pool][p]:.3f}" for pool in pools)
           + f" | {mae['probe_r2_random_init'][p]:.3f} |" for p in pools["tokens"]]
   config = align_config.get_config(f"variant={args.variant}")
-  data = cohort.dataset_dir(Workdir(chain).data_root, config.data, config.data.cohort_seed)
+  data, _ = datasets.resolve(config, Workdir(chain))
   crops = finetune_config.get_config(f"variant={args.variant}").finetune.eval_crops
   ceilings = heart_rate.ceilings(data, config.model.num_samples, crops)
   fractions = sorted({m["label_fraction"] for m in results.values()})

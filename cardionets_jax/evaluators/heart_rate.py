@@ -13,6 +13,7 @@ Each is fitted to heart rate on the training split and scored (R2) on the test s
 import numpy as np
 from scipy import signal
 
+from cardionets_jax import evaluate
 from cardionets_jax.data import records
 from cardionets_jax.data import synthetic
 from cardionets_jax.stages import align
@@ -40,10 +41,6 @@ def read_outs(ecgs, fs, crop, crops):
   return np.array(out, np.float64)
 
 
-def _r2(y, pred):
-  return float(1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
-
-
 def ceilings(data_dir, crop, crops):
   """{read-out: test R2 of a line fitted on train} for the built-in cohort in `data_dir`."""
   hr = synthetic.phenotype_names().index("heart_rate")
@@ -58,7 +55,7 @@ def ceilings(data_dir, crop, crops):
   result = {}
   for j, name in enumerate(READ_OUTS):
     w = np.linalg.lstsq(np.c_[x_train[:, j], np.ones(len(x_train))], y_train, rcond=None)[0]
-    result[name] = _r2(y_test, np.c_[x_test[:, j], np.ones(len(x_test))] @ w)
+    result[name] = evaluate.r2_score(y_test, np.c_[x_test[:, j], np.ones(len(x_test))] @ w)
   return result
 
 
