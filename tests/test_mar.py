@@ -149,8 +149,9 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
     results = json.load(f)
   held = results["heldout_test"]
   assert held["num_subjects"] == 6
+  # rescan(_shuffled): the built-in cohort's own hearts imaged again, the test-retest reference.
   sources = ("own_ecg", "shuffled_ecg", "no_condition", "ecg_ridge", "ecg_ridge_shuffled",
-             "vae_reconstruction")
+             "rescan", "rescan_shuffled", "vae_reconstruction")
   for name in sources:
     assert -1 <= held[name]["ssim"]["low"] <= held[name]["ssim"]["value"] <= held[name]["ssim"]["high"] <= 1
     assert np.isfinite(held[name]["psnr"]["value"])
@@ -160,7 +161,8 @@ def test_mar_stage_on_a_tokenized_workdir(trained_workdir):
   ridge = held["ecg_ridge_fit"]
   assert (ridge["fit_split"], ridge["select_split"]) == ("train", "val") and ridge["num_fit"] > 6
   assert ridge["val_latent_mse"][str(ridge["alpha"])] == min(ridge["val_latent_mse"].values())
-  assert {"own_ecg_minus_ecg_ridge", "ecg_ridge_minus_ecg_ridge_shuffled"} <= set(held)
+  assert {"own_ecg_minus_ecg_ridge", "ecg_ridge_minus_ecg_ridge_shuffled",
+          "rescan_minus_rescan_shuffled"} <= set(held)
   # Both SSIMs, labelled, and every subject's scores for paired analyses.
   assert set(held["metrics"]) == {"ssim", "psnr", "ssim_gaussian11"}
   assert len(held["per_subject_ids"]) == 6

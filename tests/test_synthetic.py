@@ -95,6 +95,27 @@ def test_fixed_field_of_view_across_sizes():
     np.testing.assert_allclose(f_small, f_big, rtol=0.12)
 
 
+def test_a_rescan_images_the_same_heart_afresh(cohort):
+  n = 40
+  scans = np.stack([s["cmr"] for s in cohort["subs"][:n]])
+  rescans = np.stack([synthetic.rescan(7, i, frames=FRAMES, size=SIZE) for i in range(n)])
+  np.testing.assert_array_equal(rescans[3], synthetic.rescan(7, 3, frames=FRAMES, size=SIZE))
+  assert not np.array_equal(rescans[3], synthetic.rescan(7, 3, frames=FRAMES, size=SIZE,
+                                                          session=2))
+  assert not np.array_equal(rescans, scans)   # pose, intensities and noise drawn again
+  # ... but the heart is the same: its blood-pool areas agree with the first scan's far more
+  # than with another subject's.
+  swing = lambda c: np.ptp(np.stack([_bright_counts(x) for x in c]), axis=1)
+  own = stats.pearsonr(swing(scans), swing(rescans))[0]
+  assert own > 0.7 and abs(stats.pearsonr(swing(scans), swing(rescans[::-1]))[0]) < own - 0.4
+  assert synthetic.subject_index(synthetic.subject_id(12)) == 12
+  assert synthetic.subject_index("SYN-000012") == 12
+  with pytest.raises(ValueError, match="session 0"):
+    synthetic.rescan(7, 3, frames=FRAMES, size=SIZE, session=0)
+  with pytest.raises(ValueError, match="not a synthetic subject id"):
+    synthetic.subject_index("UKB-1")
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError):
     synthetic.simulate_subject(0, 0, frames=0, size=48)

@@ -374,6 +374,33 @@ def subject_id(index: int) -> bytes:
   return b"SYN-%06d" % int(index)
 
 
+def subject_index(sid) -> int:
+  """The index of `subject_id(index)` (bytes or str)."""
+  sid = sid.decode() if isinstance(sid, bytes) else str(sid)
+  if not sid.startswith("SYN-") or not sid[4:].isdigit():
+    raise ValueError(f"{sid!r} is not a synthetic subject id (SYN-NNNNNN)")
+  return int(sid[4:])
+
+
+def _subject(seed, index, frames, size):
+  if frames < 1 or size < 8:
+    raise ValueError(f"need frames >= 1 and size >= 8, got frames={frames}, size={size}")
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+  return _draw_subject(rng), rng
+
+
+def rescan(seed: int, index: int, *, frames: int, size: int, session: int = 1) -> np.ndarray:
+  """`simulate_subject(seed, index)`'s heart imaged again: the same phenotypes, the cine's other
+  draws (pose, intensities, background, noise, the cycle's timing and shape) afresh for each
+  `session` >= 1. What a generator that knew the subject's phenotypes exactly could produce at
+  best: the test-retest reference for generation scores."""
+  if session < 1:
+    raise ValueError(f"session 0 is the cohort's own cine; rescans are sessions >= 1, got {session}")
+  subj, rng = _subject(seed, index, frames, size)
+  # Child 0 draws the ECG and child 1 the cohort's cine; later children are fresh and independent.
+  return _render_cine(rng.spawn(2 + session)[-1], subj, frames, size)
+
+
 def simulate_subject(seed: int, index: int, *, frames: int, size: int) -> dict[str, np.ndarray]:
   """One paired subject, a function of (seed, index) alone.
 
@@ -383,10 +410,7 @@ def simulate_subject(seed: int, index: int, *, frames: int, size: int) -> dict[s
   "subject_id": bytes, b"SYN-%06d" % index}. The phenotypes and the ECG do not depend on
   frames or size.
   """
-  if frames < 1 or size < 8:
-    raise ValueError(f"need frames >= 1 and size >= 8, got frames={frames}, size={size}")
-  rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
-  subj = _draw_subject(rng)
+  subj, rng = _subject(seed, index, frames, size)
   ecg_rng, cmr_rng = rng.spawn(2)
   ecg = synthetic_ecg.simulate_ecg(ecg_rng, subj)
   cmr = _render_cine(cmr_rng, subj, frames, size)

@@ -20,6 +20,7 @@ from cardionets_jax import bootstrap
 from cardionets_jax import evaluate
 from cardionets_jax import plots
 from cardionets_jax.data import pipeline
+from cardionets_jax.data import synthetic
 from cardionets_jax.evaluators import probe
 from cardionets_jax.evaluators import areas
 from cardionets_jax.evaluators import reconstruction
@@ -35,9 +36,12 @@ CONDITIONS = ("own_ecg", "shuffled_ecg", "no_condition")
 # ecg_ridge_shuffled: the ridge map given another subject's ECG, the same pairing as shuffled_ecg:
 # what SSIM the ECG embedding can buy at all through a deterministic map.
 BASELINES = ("ecg_ridge", "ecg_ridge_shuffled")
-# (a, b): a - b per subject, paired bootstrap CIs, as f"{a}_minus_{b}".
+# On the built-in cohort: each subject's own heart imaged again, and another's (the shuffled
+# pairing): what a generator that knew the true phenotypes exactly would score (`rescans`).
+RESCANS = ("rescan", "rescan_shuffled")
+# (a, b): a - b per subject, paired bootstrap CIs, as f"{a}_minus_{b}", where both were scored.
 PAIRED = (("own_ecg", "shuffled_ecg"), ("own_ecg", "no_condition"), ("own_ecg", "ecg_ridge"),
-          ("ecg_ridge", "ecg_ridge_shuffled"))
+          ("ecg_ridge", "ecg_ridge_shuffled"), ("rescan", "rescan_shuffled"))
 METRICS = reconstruction.METRICS
 RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -109,6 +113,16 @@ class GenerationEvaluator:
     return cines, dict(alpha=alpha, val_latent_mse={str(a): v for a, v in val_mse.items()},
                        fit_split=roles["fit"], num_fit=len(fit[0]), select_split=roles["select"])
 
+  def rescans(self, subject_ids):
+    """{RESCANS: cines in [-1, 1]} on the built-in cohort (data/synthetic.py::rescan), else {}."""
+    d = self.config.data
+    if d.source != "synthetic":
+      return {}
+    cines = np.stack([synthetic.rescan(d.cohort_seed, synthetic.subject_index(s),
+                                       frames=d.cmr_frames, size=d.cmr_size) for s in subject_ids])
+    cines = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
+    return dict(zip(RESCANS, (cines, shuffled(cines))))
+
   def heldout(self, split, num_subjects):
     """The first `num_subjects` subjects of `split`: tokens and their true cines."""
     tokens = {k: [] for k in ("subject_id", "ecg_embedding", "phenotypes")}
@@ -163,7 +177,7 @@ class GenerationEvaluator:
               for name, cine in generated.items()}
     result = {name: {m: bootstrap.bootstrap_ci(np.mean, (s[m],), n_boot=n_boot) for m in METRICS}
               for name, s in scores.items()}
-    for a, b in PAIRED:
+    for a, b in (p for p in PAIRED if p[0] in scores and p[1] in scores):
       result[f"{a}_minus_{b}"] = {
           m: bootstrap.paired_bootstrap_diff(np.mean, (scores[a][m],), (scores[b][m],),
                                              n_boot=n_boot) for m in METRICS}
@@ -221,7 +235,7 @@ class GenerationEvaluator:
     tokens, cines = self.heldout(self.split, self.config.eval.num_subjects)
     generated = self.generate_all(state, tokens["ecg_embedding"], cines, seed)
     ridge_cines, ridge = self.ridge_baseline(tokens["ecg_embedding"])
-    generated.update(ridge_cines)
+    generated.update(ridge_cines, **self.rescans(tokens["subject_id"]))
     truth = np.asarray(vit.cmr_to_float(jnp.asarray(cines)))
     result = dict(num_subjects=len(cines), split=self.split, **self.image_scores(generated, truth),
                   **self.phenotype_readings(tokens["phenotypes"], cines, generated))

@@ -279,7 +279,10 @@ def run(config, context):
   if jax.process_index() == 0:
     generation.write_samples(workdir.samples("mar"), ids, generated, truth)
   common.write_results(workdir, "mar", results)
-  for name in generation.CONDITIONS + generation.BASELINES + ("vae_reconstruction",):
+  for name in generation.CONDITIONS + generation.BASELINES + generation.RESCANS + (
+      "vae_reconstruction",):
+    if name not in result:
+      continue
     r = result[name]
     metrics_lib.log("%-18s SSIM %.4f (%.4f-%.4f)  PSNR %.2f dB (%.2f-%.2f)", name, r["ssim"]["value"],
                     r["ssim"]["low"], r["ssim"]["high"], r["psnr"]["value"], r["psnr"]["low"],
@@ -289,6 +292,8 @@ def run(config, context):
                     "EF proxy %.2f +- %.2f", source, r["ef_vs_lvef"]["value"],
                     r["ed_area_vs_lvedv"]["value"], r["ef_mean"], r["ef_sd"])
   for a, b in generation.PAIRED:
+    if f"{a}_minus_{b}" not in result:
+      continue
     d = result[f"{a}_minus_{b}"]["ssim"]
     metrics_lib.log("SSIM %s - %s: %.4f (95%% CI %.4f-%.4f)", a, b, d["value"], d["low"], d["high"])
   return results
