@@ -23,6 +23,17 @@ def tiny_mar_config():
   return conftest.stage_test_config("mar")
 
 
+def test_the_long_tiny_budget_changes_the_steps_alone():
+  from cardionets_jax_configs import mar as mar_configs
+  default, long = (mar_configs.get_config(f"variant=tiny,budget={b}") for b in ("default", "long"))
+  assert (default.train.num_steps, long.train.num_steps) == (2000, 3000)
+  long.train.num_steps = default.train.num_steps
+  assert long.to_dict() == default.to_dict()
+  for bad in ("variant=base,budget=long", "budget=short"):
+    with pytest.raises(ValueError, match="budget"):
+      mar_configs.get_config(bad)
+
+
 def test_base_has_the_papers_tokens_and_sizes():
   config = context_lib.stage_config("mar", "base")
   shape, _ = mar_stage.token_shapes(config)
