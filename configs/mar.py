@@ -31,16 +31,16 @@ MODELS = {
 # pixel's time course jointly. With (5, 2, 2) tokens, time slices drawn apart flickered: the area
 # EF of generated cines had sd 0.11 against 0.04 for true ones, whatever the ECG (docs/method.md).
 PATCHES = {"base": (5, 2, 2), "tiny": (25, 1, 1), "test": (2, 2, 2)}
-# Sampler presets (`configs/mar.py:sampler=NAME`). "release": the shipped simple_generate.py
-# (constant guidance 3, temperature 1, no bound on the implied token). "clipped": ours, a
-# guidance rising linearly with the share of tokens known and each diffusion step's implied
-# token bounded to [-5, 5] (see models/diffusion.py::p_mean_variance: at the cosine schedule's
-# last step an error of 0.01 in the predicted noise puts the token off by ~200).
 # Tiny training budgets (`configs/mar.py:budget=NAME`). "long": where both patient-matching
 # figures reach their marks on the test split (64 subjects, simulator v2: own - shuffled SSIM
 # +0.031, area EF proxy vs LVEF r 0.65; at 2000 steps +0.026 and 0.45; docs/method.md), about a
 # third longer mar stage.
 TINY_STEPS = {"default": 2000, "long": 3000}
+# Sampler presets (`configs/mar.py:sampler=NAME`). "release": the shipped simple_generate.py
+# (constant guidance 3, temperature 1, no bound on the implied token). "clipped": ours, a
+# guidance rising linearly with the share of tokens known and each diffusion step's implied
+# token bounded to [-5, 5] (see models/diffusion.py::p_mean_variance: at the cosine schedule's
+# last step an error of 0.01 in the predicted noise puts the token off by ~200).
 SAMPLERS = {
     "release": dict(cfg_scale=3.0, cfg_schedule="constant", temperature=1.0, clip_x0=0.0),
     "clipped": dict(cfg_scale=3.0, cfg_schedule="linear", temperature=1.0, clip_x0=5.0),
